@@ -1,0 +1,119 @@
+"""Saved models: base architecture + channel-removal history + weights, loaded with weights_only.
+
+A `.pt` file is a plain dict of tensors, strings and numbers, so `torch.load(weights_only=True)`
+reads it and no pickled code runs. The model is rebuilt from its architecture spec (a zoo name or
+a user factory), the recorded channel removals are replayed with torch-pruning, then the weights
+are loaded strictly. `Record` travels on the model object so every step can save what it changed.
+"""
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import ConvslimError
+from .fileio import atomic_path, check_output_path
+
+FORMAT = "convslim-checkpoint/1"
+RECORD_ATTR = "convslim_record"
+
+
+@dataclass
+class Record:
+    """How to rebuild a model without its code: factory spec, input shape, removals, metadata."""
+
+    arch: dict
+    input_shape: list
+    history: list = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+    def to_dict(self):
+        return {"arch": self.arch, "input_shape": list(self.input_shape),
+                "history": self.history, "meta": self.meta}
+
+
+def attach(model, record):
+    object.__setattr__(model, RECORD_ATTR, record)
+    return model
+
+
+def record_of(model):
+    """The model's Record; a model convslim did not build has none, which is a clear error."""
+    model = getattr(model, "module", model)  # unwrap DDP
+    rec = getattr(model, RECORD_ATTR, None)
+    if rec is None:
+        raise ConvslimError("this model carries no convslim record; build it with convslim.build_model or convslim.load")
+    return rec
+
+
+def example_input(model, batch=1, device="cpu"):
+    """A random input of the recorded shape, for tracing, export and latency."""
+    return torch.randn(batch, *record_of(model).input_shape, device=device)
+
+
+def save(model, path, *, inputs=(), **meta):
+    """Write model + record atomically; never overwrite an input file."""
+    out = check_output_path(path, inputs=inputs)
+    model = getattr(model, "module", model)
+    rec = record_of(model)
+    rec.meta.update(meta)
+    payload = {"format": FORMAT, **copy.deepcopy(rec.to_dict()),
+               "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+    with atomic_path(out) as tmp:
+        torch.save(payload, tmp)
+    return out
+
+
+def read(path):
+    """The raw checkpoint dict, with each way of being wrong reported in one line."""
+    path = Path(path)
+    if not path.exists():
+        raise ConvslimError(f"file not found: {path}")
+    if path.is_dir():
+        raise ConvslimError(f"{path} is a folder, expected a checkpoint file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ConvslimError(f"{path} is not a checkpoint torch can read safely ({type(exc).__name__})") from exc
+    if not isinstance(payload, dict):
+        raise ConvslimError(f"{path} is not a checkpoint (holds a {type(payload).__name__})")
+    if payload.get("format") != FORMAT:
+        if all(isinstance(v, torch.Tensor) for v in payload.values()):
+            raise ConvslimError(f"{path} is a bare state dict; pass --model NAME_OR_FACTORY --weights {path}")
+        raise ConvslimError(f"{path} is not a convslim checkpoint")
+    return payload
+
+
+def load_state(model, state_dict, source):
+    """Load weights strictly, naming the first key or shape that does not fit."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    if missing or unexpected:
+        what = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
+        raise ConvslimError(f"weights in {source} do not fit the model: {what} "
+                            f"({len(missing)} missing, {len(unexpected)} unexpected keys)")
+    for k, v in own.items():
+        if tuple(state_dict[k].shape) != tuple(v.shape):
+            raise ConvslimError(f"weights in {source} do not fit the model: {k} has shape "
+                                f"{tuple(state_dict[k].shape)}, the model expects {tuple(v.shape)}")
+    model.load_state_dict(state_dict)
+    return model
+
+
+def load(path):
+    """Rebuild a saved model (architecture, replayed channel removals, weights) in eval mode."""
+    from .modelspec import build_model
+    from .pruning.surgery import replay_history
+
+    payload = read(path)
+    arch = payload["arch"]
+    model = build_model(arch["model"], num_classes=arch["num_classes"],
+                        in_channels=arch["in_channels"], width=arch["width"],
+                        input_shape=payload["input_shape"])
+    replay_history(model, payload["history"], torch.randn(1, *payload["input_shape"]))
+    load_state(model, payload["state_dict"], path)
+    rec = record_of(model)
+    rec.history = [list(h) for h in payload["history"]]
+    rec.meta = dict(payload.get("meta", {}))
+    return model.eval()

@@ -1,0 +1,26 @@
+"""Knowledge distillation losses (seed 000 section 3): a compressed model learns from its original."""
+import torch
+import torch.nn.functional as F
+
+
+def kd_loss(student_logits, teacher_logits, labels, *, temperature=4.0, alpha=0.9):
+    """Hinton's soft targets: alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(labels).
+
+    The T^2 factor keeps the soft-target gradients on the same scale as the hard ones.
+    """
+    t = temperature
+    soft = F.kl_div(F.log_softmax(student_logits / t, dim=1), F.softmax(teacher_logits / t, dim=1),
+                    reduction="batchmean") * (t * t)
+    return alpha * soft + (1 - alpha) * F.cross_entropy(student_logits, labels)
+
+
+def kd_loss_fn(teacher, *, temperature=4.0, alpha=0.9):
+    """A `fit` loss function distilling from a frozen teacher."""
+    teacher.eval()
+
+    def loss_fn(model, x, y):
+        logits = model(x)
+        with torch.no_grad():
+            target = teacher.to(x.device)(x)
+        return kd_loss(logits, target, y, temperature=temperature, alpha=alpha), logits
+    return loss_fn

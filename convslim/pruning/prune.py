@@ -1,0 +1,91 @@
+"""Score once, then prune a copy under a fixed rule: the building block of the search.
+
+    imp = channel_importance(model, splits)              # every coupled group scored once
+    slim, kept = apply_rule(model, imp, "cr", 0.8)       # a genuinely smaller copy
+"""
+import copy
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from ..checkpoint import example_input, record_of
+from ..errors import ConvslimError
+from .criteria import CRITERIA, PermutationOptions, group_scores
+from .retention import coupled_groups, plan_removals
+from .surgery import build_graph, remove_channels
+
+
+@dataclass
+class Importance:
+    """Scores of one model: its coupled groups and each group's channel contributions."""
+    criterion: str
+    groups: list
+    contributions: dict                    # group root -> tensor summing to 1
+    layer_scores: dict = field(default_factory=dict)   # layer -> raw D_i (layer-wise criteria)
+    options: dict = field(default_factory=dict)
+
+    def channels(self):
+        return {g.root: g.size for g in self.groups}
+
+
+def calibration_batches(splits, batches, batch_size, seed=0):
+    """Labelled, un-augmented training batches for scoring (never validation or test)."""
+    if batches < 1:
+        raise ConvslimError(f"calibration needs at least one batch, got {batches}")
+    loader = splits.loader("train", batch_size, shuffle=True, augment=False, seed=seed,
+                           limit=batches * batch_size)
+    xs, ys = zip(*loader)
+    return list(xs), list(ys)
+
+
+def channel_importance(model, splits, *, criterion="permutation", calib_batches=4, batch_size=64,
+                       options=None, seed=0):
+    """Score every prunable channel of `model` (unchanged) on a few training batches."""
+    if criterion not in CRITERIA:
+        raise ConvslimError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
+    options = options or PermutationOptions(seed=seed)
+    model = model.cpu()
+    graph = build_graph(model, example_input(model))
+    groups = coupled_groups(model, graph)
+    xs, ys = calibration_batches(splits, calib_batches, batch_size, seed)
+    contrib, raw = group_scores(model, groups, xs, graph, criterion, options, ys)
+    return Importance(criterion, groups, contrib, raw, asdict(options) if criterion == "permutation" else {})
+
+
+def apply_rule(model, importance, rule, value, *, multiple=1):
+    """A pruned copy of `model` plus the channels kept per group; the original is untouched."""
+    removals, kept = plan_removals(importance.groups, importance.contributions, rule, value, multiple=multiple)
+    slim = copy.deepcopy(model).cpu()
+    if removals:
+        history = remove_channels(slim, removals, example_input(slim))
+        record_of(slim).history += history
+    return slim.eval(), {root: len(k) for root, k in kept.items()}
+
+
+def prune(model, splits, *, cr=None, ratio=None, ratios=None, criterion="permutation", calib_batches=4,
+          batch_size=64, options=None, multiple=1, seed=0):
+    """Prune once with one fixed rule (no search); returns the smaller model and kept counts."""
+    chosen = [(k, v) for k, v in (("cr", cr), ("ratio", ratio), ("ratios", ratios)) if v is not None]
+    if len(chosen) != 1:
+        raise ConvslimError("give exactly one rule: cr, ratio or ratios")
+    imp = channel_importance(model, splits, criterion=criterion, calib_batches=calib_batches,
+                             batch_size=batch_size, options=options, seed=seed)
+    rule, value = chosen[0]
+    return apply_rule(model, imp, rule, value, multiple=multiple)
+
+
+def prune_summary(base, slim):
+    """FLOPs and params of both models and the reductions in percent (the thesis's columns)."""
+    from ..metrics import count
+
+    a = count(base.cpu(), example_input(base))
+    b = count(slim.cpu(), example_input(slim))
+    return {"base": a, "pruned": b,
+            "flops_reduction": 100 * (1 - b["flops"] / a["flops"]),
+            "params_reduction": 100 * (1 - b["params"] / a["params"])}
+
+
+def kept_per_layer(model):
+    """Output channels of every conv / linear layer, for tables and plots."""
+    return {n: (m.out_channels if isinstance(m, torch.nn.Conv2d) else m.out_features)
+            for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}

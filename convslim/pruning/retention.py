@@ -1,0 +1,138 @@
+"""Which channels stay: coupled groups, their contributions, and the rules that pick survivors.
+
+A coupled group (DESIGN.md 1.2) is the set of layers whose channels must go together: a residual
+sum, a depthwise conv and its producer, a concatenation's consumers. torch-pruning's
+DependencyGraph finds them. Each group has a root layer (the name used to remove its channels)
+and member layers whose output channels it owns; a group channel's contribution is the mean of
+the members' per-layer contributions P, renormalised to sum to 1 over the group.
+"""
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..errors import ConvslimError
+
+
+@dataclass
+class ChannelGroup:
+    root: str                       # layer whose output channels index the group
+    size: int                       # channels in the group
+    members: list = field(default_factory=list)  # (layer name, layer idxs, root idxs), Conv2d/Linear outputs
+    tp_group: object = None         # torch-pruning's Group, for its importance classes
+
+    @property
+    def layers(self):
+        return [m[0] for m in self.members]
+
+
+def classifier_name(model):
+    """The last Linear layer: its outputs are the classes and are never pruned."""
+    last = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last = name
+    return last
+
+
+def coupled_groups(model, graph):
+    """Every prunable group of output channels, the classifier's excepted."""
+    names = {m: n for n, m in model.named_modules()}
+    head = classifier_name(model)
+    ignored = [dict(model.named_modules())[head]] if head else []
+    groups = []
+    for tp_group in graph.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)):
+        root_module = tp_group[0].dep.target.module
+        members = []
+        for item in tp_group:
+            module = item.dep.target.module
+            if isinstance(module, (nn.Conv2d, nn.Linear)) and graph.is_out_channel_pruning_fn(item.dep.handler):
+                members.append((names[module], [int(i) for i in item.idxs], [int(i) for i in item.root_idxs]))
+        if members:
+            groups.append(ChannelGroup(root=names[root_module], size=len(tp_group[0].idxs),
+                                       members=members, tp_group=tp_group))
+    if not groups:
+        raise ConvslimError("the model has no prunable conv or linear channels")
+    return groups
+
+
+def group_contributions(group, layer_contributions):
+    """Mean of member contributions per group channel, renormalised to sum to 1."""
+    total = torch.zeros(group.size, dtype=torch.float64)
+    count = torch.zeros(group.size, dtype=torch.float64)
+    for layer, idxs, root_idxs in group.members:
+        if layer in layer_contributions:
+            p = layer_contributions[layer].double()
+            total.index_add_(0, torch.tensor(root_idxs), p[idxs])
+            count.index_add_(0, torch.tensor(root_idxs), torch.ones(len(idxs), dtype=torch.float64))
+    mean = total / count.clamp(min=1)
+    s = mean.sum()
+    return (mean / s if s > 0 else mean).float()
+
+
+def normalised(scores):
+    """Non-negative scores turned into contributions that sum to 1."""
+    scores = scores.detach().float().clamp(min=0)
+    s = scores.sum()
+    return scores / s if s > 0 else torch.full_like(scores, 1.0 / len(scores))
+
+
+def _round_up(k, n, multiple):
+    return min(n, max(1, math.ceil(k / multiple) * multiple)) if multiple > 1 else max(1, k)
+
+
+def keep_cumulative(p, cr, multiple=1):
+    """The smallest set of largest contributions whose sum reaches cr (at least one channel).
+
+    cr=1 keeps every channel with non-zero contribution; cr=0 keeps one.
+    """
+    if not 0 <= cr <= 1:
+        raise ConvslimError(f"cumulative contribution rate must be in [0, 1], got {cr}")
+    p = p.double()
+    order = torch.argsort(p, descending=True, stable=True)
+    csum = torch.cumsum(p[order], 0)
+    total = csum[-1].item() if len(csum) else 0.0
+    if cr >= 1:
+        k = int((p > 0).sum())
+    else:
+        # first index where the running sum reaches cr of the total (tolerant to rounding)
+        k = int(torch.searchsorted(csum, torch.tensor(cr * total - 1e-12 * max(total, 1), dtype=csum.dtype)).item()) + 1
+        k = 1 if cr == 0 else k
+    k = _round_up(min(k, len(p)), len(p), multiple)
+    return sorted(order[:k].tolist())
+
+
+def keep_ratio(p, ratio, multiple=1):
+    """Remove the lowest-contribution share `ratio` of channels (the thesis's global shared rule)."""
+    if not 0 <= ratio < 1:
+        raise ConvslimError(f"pruning ratio must be in [0, 1), got {ratio}")
+    n = len(p)
+    k = _round_up(n - int(math.floor(ratio * n)), n, multiple)
+    order = torch.argsort(p.double(), descending=True, stable=True)
+    return sorted(order[:k].tolist())
+
+
+def plan_removals(groups, contributions, rule, value, *, multiple=1):
+    """Per group root, the channel indices to remove under one rule.
+
+    rule: 'cr' (value = cumulative contribution rate), 'ratio' (one ratio for every group), or
+    'ratios' (value = {layer name: ratio}, matched on the group root or any member layer).
+    """
+    removals, kept = {}, {}
+    for g in groups:
+        p = contributions[g.root]
+        if rule == "cr":
+            keep = keep_cumulative(p, value, multiple)
+        elif rule == "ratio":
+            keep = keep_ratio(p, value, multiple)
+        elif rule == "ratios":
+            ratio = next((value[n] for n in [g.root, *g.layers] if n in value), 0.0)
+            keep = keep_ratio(p, ratio, multiple)
+        else:
+            raise ConvslimError(f"unknown rule {rule!r}")
+        kept[g.root] = keep
+        drop = sorted(set(range(g.size)) - set(keep))
+        if drop:
+            removals[g.root] = drop
+    return removals, kept

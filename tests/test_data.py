@@ -1,0 +1,500 @@
+"""convslim.data: sources, splits, cache, batching, sharding, augmentation and errors.
+
+Runs on CPU in seconds with the bundled digits data and tiny synthetic fixtures (no downloads,
+no /work/shared/data).
+"""
+
+import os
+import pickle
+import tarfile
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from convslim.data import BatchLoader, Splits, load_data, random_crop_flip
+from convslim.data import sources
+from convslim.errors import ConvslimError
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_data("digits", seed=0)
+
+
+def _rows(x):
+    return [bytes(r.numpy().tobytes()) for r in x]
+
+
+# ------------------------------------------------------------------------------------------------
+# digits and splits
+# ------------------------------------------------------------------------------------------------
+
+def test_digits_shapes_classes_dtypes(digits):
+    d = digits
+    assert isinstance(d, Splits)
+    assert d.name == "digits" and d.num_classes == 10 and d.classes == [str(i) for i in range(10)]
+    assert d.input_shape == (1, 8, 8)
+    assert d.augment is False
+    n = len(d.train_x) + len(d.val_x) + len(d.test_x)
+    assert n == 1797
+    assert len(d.test_x) == pytest.approx(0.2 * 1797, abs=10)
+    assert len(d.val_x) == pytest.approx(0.1 * (1797 - len(d.test_x)), abs=10)
+    for x, y in [(d.train_x, d.train_y), (d.val_x, d.val_y), (d.test_x, d.test_y)]:
+        assert x.dtype == torch.uint8 and x.dim() == 4 and x.shape[1:] == (1, 8, 8) and x.is_contiguous()
+        assert y.dtype == torch.int64 and len(y) == len(x)
+        assert set(y.tolist()) == set(range(10))        # stratified: every class in every split
+    assert int(d.train_x.max()) == 255 and int(d.train_x.min()) == 0
+    assert len(d.mean) == 1 and len(d.std) == 1
+    ref = d.train_x.float().div(255)
+    assert d.mean[0] == pytest.approx(ref.mean().item(), abs=1e-5)
+    assert d.std[0] == pytest.approx(ref.std(unbiased=False).item(), abs=1e-5)
+
+
+def test_digits_splits_partition_the_data(digits):
+    from sklearn.datasets import load_digits
+
+    raw = load_digits()
+    full = np.round(raw.images * (255 / 16)).astype(np.uint8)
+    want = Counter((bytes(img.tobytes()), int(t)) for img, t in zip(full, raw.target))
+    got = Counter()
+    for x, y in [(digits.train_x, digits.train_y), (digits.val_x, digits.val_y), (digits.test_x, digits.test_y)]:
+        got.update(zip(_rows(x[:, 0]), y.tolist()))
+    assert got == want                        # every sample in exactly one split
+
+
+def test_splits_deterministic_per_seed(digits):
+    again = load_data("digits", seed=0)
+    other = load_data("digits", seed=1)
+    assert torch.equal(again.train_x, digits.train_x) and torch.equal(again.val_y, digits.val_y)
+    assert torch.equal(again.val_x, digits.val_x)
+    assert not torch.equal(other.val_x, digits.val_x)          # another seed, another val split
+    assert torch.equal(other.test_x, digits.test_x)             # the test split never moves
+    assert set(_rows(other.val_x)) != set(_rows(digits.val_x))
+
+
+def test_val_fraction_zero_and_custom():
+    d = load_data("digits", val_fraction=0.0)
+    assert len(d.val_x) == 0 and d.val_x.shape[1:] == (1, 8, 8)
+    assert len(d.loader("val")) == 0 and list(d.loader("val")) == []
+    d3 = load_data("digits", val_fraction=0.3)
+    assert len(d3.val_x) == pytest.approx(0.3 * (len(d3.train_x) + len(d3.val_x)), abs=10)
+
+
+# ------------------------------------------------------------------------------------------------
+# loader
+# ------------------------------------------------------------------------------------------------
+
+def test_loader_batches(digits):
+    d = digits
+    n = len(d.train_x)
+    ld = d.loader("train", batch_size=100)
+    assert isinstance(ld, BatchLoader)
+    assert len(ld) == -(-n // 100)
+    batches = list(ld)
+    assert len(batches) == len(ld)
+    for x, y in batches:
+        assert x.dtype == torch.float32 and y.dtype == torch.int64
+        assert x.shape[1:] == (1, 8, 8) and len(x) == len(y)
+    assert sum(len(y) for _, y in batches) == n
+    allx = torch.cat([x for x, _ in batches])
+    assert allx.mean().item() == pytest.approx(0.0, abs=1e-4)
+    assert allx.std(unbiased=False).item() == pytest.approx(1.0, abs=1e-4)
+    assert sorted(torch.cat([y for _, y in batches]).tolist()) == sorted(d.train_y.tolist())
+    dl = d.loader("train", batch_size=100, drop_last=True)
+    assert len(dl) == n // 100 and all(len(y) == 100 for _, y in dl)
+
+
+def test_loader_defaults_order_and_values(digits):
+    d = digits
+    val = d.loader("val", batch_size=32)
+    assert not val.shuffle and not val.augment
+    ys = torch.cat([y for _, y in val])
+    assert torch.equal(ys, d.val_y)                             # no shuffle: split order
+    x0, _ = next(iter(val))
+    expect = (d.val_x[:32].float() / 255 - d.mean[0]) / d.std[0]
+    assert torch.allclose(x0, expect, atol=1e-5)
+    assert torch.allclose(d.normalize(d.val_x[:32]), expect, atol=1e-5)
+    tr = d.loader("train")
+    assert tr.shuffle and tr.augment is False                  # digits: no augmentation by default
+
+
+def test_set_epoch_reshuffles_deterministically(digits):
+    ld = digits.loader("train", batch_size=64)
+    ld.set_epoch(0)
+    e0 = torch.cat([y for _, y in ld])
+    e0_again = torch.cat([y for _, y in ld])
+    ld.set_epoch(1)
+    e1 = torch.cat([y for _, y in ld])
+    assert torch.equal(e0, e0_again)
+    assert not torch.equal(ld.indices(), digits.loader("train", batch_size=64).indices())
+    assert not torch.equal(e0, e1)
+    other = digits.loader("train", batch_size=64)
+    other.set_epoch(1)
+    assert torch.equal(torch.cat([y for _, y in other]), e1)
+    assert sorted(e0.tolist()) == sorted(e1.tolist())
+
+
+def _index_loader(n, **kw):
+    """A loader whose labels are the sample indices (images encode them too)."""
+    x = (torch.arange(n) % 256).to(torch.uint8).view(n, 1, 1, 1).expand(n, 1, 4, 4).contiguous()
+    return BatchLoader(x, torch.arange(n), (0.0,), (1.0,), **kw)
+
+
+@pytest.mark.parametrize("n", [100, 101, 7])
+def test_two_rank_sharding_covers_epoch(n):
+    loaders = [_index_loader(n, batch_size=8, shuffle=True, seed=3, rank=r, world_size=2) for r in range(2)]
+    for ld in loaders:
+        ld.set_epoch(5)
+    assert len(loaders[0]) == len(loaders[1])
+    seen = [torch.cat([y for _, y in ld]) for ld in loaders]
+    assert len(seen[0]) == len(seen[1]) == -(-n // 2)
+    union = torch.cat(seen)
+    assert set(union.tolist()) == set(range(n))
+    assert len(union) - n == (-n) % 2                           # padding repeats at most world_size-1
+    assert not set(seen[0].tolist()) & set(seen[1].tolist()) or n % 2
+    # the shards come from the same permutation as a single-process loader
+    single = _index_loader(n, batch_size=8, shuffle=True, seed=3)
+    single.set_epoch(5)
+    order = single.indices()
+    assert torch.equal(seen[0][: n // 2], order[0:n:2][: n // 2])
+
+
+def test_limit_is_a_fixed_subset():
+    ld = _index_loader(50, batch_size=4, shuffle=True, limit=10)
+    assert ld.num_images == 10 and len(ld) == 3
+    ld.set_epoch(0)
+    a = torch.cat([y for _, y in ld])
+    ld.set_epoch(1)
+    b = torch.cat([y for _, y in ld])
+    assert len(a) == 10 and set(a.tolist()) == set(b.tolist())
+    assert _index_loader(50, limit=100).num_images == 50
+
+
+def test_channels_last_and_calibration(digits):
+    x, _ = next(iter(digits.loader("train", 16, channels_last=True)))
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    c = digits.calibration(20, seed=1)
+    assert c.shape == (20, 1, 8, 8) and c.dtype == torch.float32
+    assert torch.equal(c, digits.calibration(20, seed=1))
+    assert not torch.equal(c, digits.calibration(20, seed=2))
+    assert len(digits.calibration(10**6)) == len(digits.train_x)
+
+
+def test_augmented_loader_runs_and_differs_by_epoch(digits):
+    ld = digits.loader("train", 64, augment=True, shuffle=False)
+    ld.set_epoch(0)
+    a, _ = next(iter(ld))
+    b, _ = next(iter(ld))
+    ld.set_epoch(1)
+    c, _ = next(iter(ld))
+    assert a.shape == (64, 1, 8, 8) and a.dtype == torch.float32
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    plain, _ = next(iter(digits.loader("train", 64, shuffle=False)))
+    assert not torch.equal(a, plain)
+
+
+# ------------------------------------------------------------------------------------------------
+# augmentation
+# ------------------------------------------------------------------------------------------------
+
+def test_augment_identity_without_pad_or_flip():
+    x = torch.randint(0, 256, (5, 3, 6, 7), dtype=torch.uint8)
+    out = random_crop_flip(x, torch.Generator().manual_seed(0), 0, flip=False)
+    assert torch.equal(out, x)
+
+
+def test_augment_flip_only():
+    x = torch.randint(0, 256, (64, 3, 5, 6), dtype=torch.uint8)
+    out = random_crop_flip(x, torch.Generator().manual_seed(0), 0)
+    assert out.shape == x.shape and out.dtype == torch.uint8
+    same = (out == x).flatten(1).all(1)
+    flipped = (out == x.flip(3)).flatten(1).all(1)
+    assert bool((same | flipped).all())
+    assert 10 < int(flipped.sum()) < 54 and 10 < int(same.sum()) < 54
+
+
+def test_augment_crop_moves_a_known_pattern():
+    h = w = 16
+    pad = 2
+    x = torch.zeros(200, 1, h, w, dtype=torch.uint8)
+    x[:, 0, 5, 9] = 255                                          # one bright pixel at (5, 9)
+    g = torch.Generator().manual_seed(1)
+    out = random_crop_flip(x, g, pad, flip=False)
+    assert out.shape == x.shape and out.dtype == torch.uint8
+    shifts = set()
+    for img in out[:, 0]:
+        pos = torch.nonzero(img == 255)
+        assert len(pos) == 1 and int(img.sum()) == 255          # zero padding: nothing else appears
+        dy, dx = int(pos[0, 0]) - 5, int(pos[0, 1]) - 9
+        assert -pad <= dy <= pad and -pad <= dx <= pad
+        shifts.add((dy, dx))
+    assert len(shifts) == (2 * pad + 1) ** 2                     # every offset shows up
+
+    # flip on: the pixel lands at the mirrored column (w - 1 - 9) shifted by at most pad
+    out = random_crop_flip(x, torch.Generator().manual_seed(2), pad)
+    cols = {int(torch.nonzero(img == 255)[0, 1]) for img in out[:, 0]}
+    assert cols & set(range(9 - pad, 9 + pad + 1)) and cols & set(range(w - 10 - pad, w - 10 + pad + 1))
+
+
+def test_augment_crop_is_exact_shift_with_zero_fill():
+    x = torch.randint(1, 256, (40, 3, 8, 8), dtype=torch.uint8)
+    pad = 3
+    out = random_crop_flip(x, torch.Generator().manual_seed(3), pad, flip=False)
+    padded = torch.nn.functional.pad(x, (pad,) * 4)
+    for i in range(len(x)):
+        assert any(torch.equal(out[i], padded[i, :, oy:oy + 8, ox:ox + 8])
+                   for oy in range(2 * pad + 1) for ox in range(2 * pad + 1))
+    assert (out == 0).any()                                      # some borders came from the padding
+
+
+def test_augment_deterministic_given_generator():
+    x = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
+    a = random_crop_flip(x, torch.Generator().manual_seed(7), 1)
+    b = random_crop_flip(x, torch.Generator().manual_seed(7), 1)
+    assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------------------------------------------
+# synthetic fixtures: image folders, tarballs, CIFAR pickles
+# ------------------------------------------------------------------------------------------------
+
+def _img(seed, size=(8, 8)):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def _make_tree(root, counts=None, size=(8, 8)):
+    counts = counts or {"train": {"cat": 4, "dog": 6}, "test": {"cat": 2, "dog": 3}}
+    k = 0
+    for split, per in counts.items():
+        for cls, n in per.items():
+            folder = root / split / cls if split else root / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                _img(k, size).save(folder / f"{i:03d}.png")
+                k += 1
+    return root
+
+
+def _tar(src, dest, arcname=""):
+    with tarfile.open(dest, "w:gz") as tf:
+        tf.add(src, arcname=arcname or os.path.basename(src))
+    return dest
+
+
+@pytest.fixture
+def tree(tmp_path):
+    return _make_tree(tmp_path / "pics")
+
+
+def test_imagefolder_tree_loads_and_caches(tree, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    d = load_data(f"imagefolder:{tree}", val_fraction=0.0, cache_dir=str(cache))
+    assert d.classes == ["cat", "dog"] and d.num_classes == 2 and d.augment
+    assert len(d.train_x) == 10 and len(d.test_x) == 5 and d.input_shape == (3, 8, 8)
+    assert d.train_y.tolist() == [0] * 4 + [1] * 6 and d.test_y.tolist() == [0, 0, 1, 1, 1]
+    first = np.asarray(Image.open(tree / "train" / "cat" / "000.png")).transpose(2, 0, 1)
+    assert np.array_equal(d.train_x[0].numpy(), first)
+    assert len(list(cache.glob("*.pt"))) == 1 and not list(cache.glob(".tmp-*"))
+
+    def boom(*a, **k):
+        raise AssertionError("decoded again instead of using the cache")
+    monkeypatch.setattr(sources, "decode_image", boom)
+    again = load_data(f"imagefolder:{tree}", val_fraction=0.0, cache_dir=str(cache))
+    assert torch.equal(again.train_x, d.train_x) and torch.equal(again.test_y, d.test_y)
+    monkeypatch.undo()
+
+    # a changed source is decoded again
+    _img(99).save(tree / "train" / "dog" / "new.png")
+    more = load_data(f"imagefolder:{tree}", val_fraction=0.0, cache_dir=str(cache))
+    assert len(more.train_x) == 11
+
+
+def test_imagefolder_val_split_and_nested(tree, tmp_path):
+    d = load_data(f"imagefolder:{tree}", val_fraction=0.5, cache_dir=False)
+    assert len(d.train_x) + len(d.val_x) == 10 and len(d.val_x) == 5
+    nested = tmp_path / "outer"
+    nested.mkdir()
+    os.rename(tree, nested / "inner")
+    n = load_data(f"cifar10:{nested}", val_fraction=0.0, cache_dir=str(tmp_path / "c"))
+    assert len(n.train_x) == 10 and len(n.test_x) == 5 and n.classes == ["cat", "dog"]
+
+
+def test_class_per_folder_holds_out_test(tmp_path):
+    root = _make_tree(tmp_path / "flat", {"": {"a": 10, "b": 15}})
+    d = load_data(f"imagefolder:{root}", val_fraction=0.0, cache_dir=False)
+    assert d.classes == ["a", "b"]
+    assert len(d.test_x) == 5 and d.test_y.tolist() == [0, 0, 1, 1, 1]
+    assert len(d.train_x) == 20
+
+
+def test_resize_and_mixed_sizes(tmp_path):
+    root = _make_tree(tmp_path / "mixed", {"train": {"a": 2}, "test": {"a": 1}})
+    _img(50, (12, 10)).save(root / "train" / "a" / "odd.png")
+    with pytest.raises(ConvslimError, match="resize"):
+        load_data(f"imagefolder:{root}", cache_dir=False)
+    d = load_data(f"imagefolder:{root}", resize=6, val_fraction=0.0, cache_dir=False)
+    assert d.input_shape == (3, 6, 6) and len(d.train_x) == 3
+
+
+def test_grayscale_images_become_rgb(tmp_path):
+    root = tmp_path / "gray"
+    for split, n in (("train", 3), ("test", 1)):
+        (root / split / "x").mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((5, 5), 40 * i, np.uint8), "L").save(root / split / "x" / f"{i}.png")
+    d = load_data(f"imagefolder:{root}", val_fraction=0.0, cache_dir=False)
+    assert d.input_shape == (3, 5, 5) and len(d.mean) == 3
+
+
+def test_tarball_loads_like_the_folder_and_caches(tree, tmp_path, monkeypatch):
+    folder = load_data(f"imagefolder:{tree}", val_fraction=0.0, cache_dir=False)
+    tgz = _tar(tree, tmp_path / "pics.tar.gz", arcname="cifarish")  # nested one level: cifarish/train/...
+    cache = tmp_path / "cache"
+    d = load_data(f"cifar10:{tgz}", val_fraction=0.0, cache_dir=str(cache))
+    assert d.name == "cifar10" and d.classes == ["cat", "dog"]
+    assert torch.equal(d.train_x, folder.train_x) and torch.equal(d.test_x, folder.test_x)
+    assert torch.equal(d.train_y, folder.train_y)
+
+    monkeypatch.setattr(sources, "decode_image", lambda *a, **k: (_ for _ in ()).throw(AssertionError("decoded")))
+    monkeypatch.setattr(sources, "_read_archive_bytes", lambda *a, **k: (_ for _ in ()).throw(AssertionError("read")))
+    again = load_data(f"cifar10:{tgz}", val_fraction=0.0, cache_dir=str(cache))
+    assert torch.equal(again.train_x, d.train_x)
+
+
+def test_tarball_without_nesting(tree, tmp_path):
+    tgz = tmp_path / "flat.tgz"
+    with tarfile.open(tgz, "w:gz") as tf:
+        for split in ("train", "test"):
+            tf.add(tree / split, arcname=split)
+    d = load_data(f"imagefolder:{tgz}", val_fraction=0.0, cache_dir=False)
+    assert len(d.train_x) == 10 and len(d.test_x) == 5
+
+
+def _write_pickle(path, obj):
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=2)
+
+
+def _fake_cifar10(root, per_batch=4):
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        labels = [int(v) for v in rng.integers(0, 10, per_batch)]
+        _write_pickle(root / name, {b"batch_label": name.encode(), b"labels": labels, b"data": data,
+                                    b"filenames": [b"x.png"] * per_batch})
+    _write_pickle(root / "batches.meta", {b"label_names": [n.encode() for n in sources.CIFAR10_CLASSES],
+                                          b"num_cases_per_batch": per_batch})
+    return root
+
+
+def test_cifar10_pickle_folder_loads_and_caches(tmp_path, monkeypatch):
+    root = _fake_cifar10(tmp_path / "cifar-10-batches-py")
+    cache = tmp_path / "cache"
+    d = load_data(f"cifar10:{root}", val_fraction=0.0, cache_dir=str(cache))
+    assert d.name == "cifar10" and d.classes == sources.CIFAR10_CLASSES and d.num_classes == 10
+    assert len(d.train_x) == 20 and len(d.test_x) == 4 and d.input_shape == (3, 32, 32)
+    with open(root / "data_batch_1", "rb") as f:
+        b1 = pickle.load(f, encoding="bytes")
+    assert np.array_equal(d.train_x[0].numpy().reshape(-1), b1[b"data"][0])
+    assert d.train_y[:4].tolist() == b1[b"labels"]
+
+    monkeypatch.setattr(sources, "_unpickle", lambda *a, **k: (_ for _ in ()).throw(AssertionError("unpickled")))
+    again = load_data(f"cifar10:{tmp_path}", val_fraction=0.0, cache_dir=str(cache))  # parent folder works too
+    assert len(again.train_x) == 20
+    again2 = load_data(f"cifar10:{root}", val_fraction=0.0, cache_dir=str(cache))
+    assert torch.equal(again2.train_x, d.train_x)
+
+
+def test_cifar100_pickles_and_official_tarball(tmp_path):
+    root = tmp_path / "cifar-100-python"
+    root.mkdir()
+    rng = np.random.default_rng(1)
+    for name, n in (("train", 6), ("test", 3)):
+        _write_pickle(root / name, {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                                    b"fine_labels": list(range(n)), b"coarse_labels": [0] * n})
+    _write_pickle(root / "meta", {b"fine_label_names": [f"c{i}".encode() for i in range(100)]})
+    d = load_data(f"cifar100:{root}", val_fraction=0.0, cache_dir=False)
+    assert d.num_classes == 100 and d.classes[:2] == ["c0", "c1"]
+    assert len(d.train_x) == 6 and d.test_y.tolist() == [0, 1, 2]
+    tgz = _tar(root, tmp_path / "cifar-100-python.tar.gz")
+    t = load_data(f"cifar100:{tgz}", val_fraction=0.0, cache_dir=False)
+    assert torch.equal(t.train_x, d.train_x) and torch.equal(t.test_y, d.test_y)
+
+
+def test_pickle_with_foreign_objects_is_refused(tmp_path):
+    root = _fake_cifar10(tmp_path / "c10")
+    _write_pickle(root / "test_batch", {b"data": Counter(), b"labels": []})
+    with pytest.raises(ConvslimError, match="test_batch"):
+        load_data(f"cifar10:{root}", cache_dir=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# errors
+# ------------------------------------------------------------------------------------------------
+
+def test_error_unknown_kind():
+    with pytest.raises(ConvslimError, match="unknown data kind.*digits.*cifar10.*imagefolder"):
+        load_data("mnist:/tmp/x")
+
+
+def test_error_missing_path(tmp_path):
+    with pytest.raises(ConvslimError, match="not found"):
+        load_data(f"imagefolder:{tmp_path / 'nope'}", cache_dir=False)
+    with pytest.raises(ConvslimError, match="needs a path"):
+        load_data("cifar10")
+
+
+def test_error_empty_folder(tmp_path):
+    (tmp_path / "empty" / "train" / "cat").mkdir(parents=True)
+    (tmp_path / "empty" / "readme.txt").write_text("hi")
+    with pytest.raises(ConvslimError, match="no images"):
+        load_data(f"imagefolder:{tmp_path / 'empty'}", cache_dir=False)
+    with pytest.raises(ConvslimError, match="no images"):
+        load_data(f"cifar10:{tmp_path / 'empty'}", cache_dir=False)
+
+
+def test_error_not_a_tarball(tmp_path):
+    bad = tmp_path / "data.tar.gz"
+    bad.write_bytes(b"this is not an archive at all" * 10)
+    with pytest.raises(ConvslimError, match="tar"):
+        load_data(f"cifar10:{bad}", cache_dir=False)
+    empty = tmp_path / "empty.tar.gz"
+    with tarfile.open(empty, "w:gz"):
+        pass
+    with pytest.raises(ConvslimError, match="no images"):
+        load_data(f"imagefolder:{empty}", cache_dir=False)
+
+
+def test_error_cifar_folder_missing_batches(tmp_path):
+    root = _fake_cifar10(tmp_path / "c10")
+    os.remove(root / "data_batch_3")
+    os.remove(root / "test_batch")
+    with pytest.raises(ConvslimError, match="missing.*data_batch_3.*test_batch"):
+        load_data(f"cifar10:{root}", cache_dir=False)
+
+
+@pytest.mark.parametrize("vf", [1.0, -0.1, 1.5, "x"])
+def test_error_val_fraction(vf):
+    with pytest.raises(ConvslimError, match="val_fraction"):
+        load_data("digits", val_fraction=vf)
+
+
+def test_error_unreadable_image_names_file(tree, tmp_path):
+    (tree / "train" / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    with pytest.raises(ConvslimError, match="broken.png"):
+        load_data(f"imagefolder:{tree}", cache_dir=False)
+    tgz = _tar(tree, tmp_path / "b.tar.gz")
+    with pytest.raises(ConvslimError, match="broken.png"):
+        load_data(f"imagefolder:{tgz}", cache_dir=False)
+
+
+def test_error_bad_resize_and_split(digits):
+    with pytest.raises(ConvslimError, match="resize"):
+        load_data("digits", resize=0)
+    with pytest.raises(ConvslimError, match="split"):
+        digits.loader("holdout")

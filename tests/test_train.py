@@ -1,0 +1,57 @@
+"""Training learns, is repeatable from its seed, and evaluation counts correctly."""
+import pytest
+import torch
+
+import convslim
+from convslim.errors import ConvslimError
+from convslim.train import TrainConfig
+
+
+def digits_model(seed=0):
+    torch.manual_seed(seed)
+    return convslim.build_model("digitsnet", num_classes=10, in_channels=1, input_shape=[1, 8, 8])
+
+
+def test_training_learns_digits(digits):
+    model = digits_model()
+    log = convslim.fit(model, digits, TrainConfig(epochs=4, lr=0.05, batch_size=64, progress=False))
+    assert log["epochs"][-1]["val_acc"] > 85
+    assert log["epochs"][-1]["train_loss"] < log["epochs"][0]["train_loss"]
+    test = convslim.evaluate(model, digits, "test")
+    assert test["top1"] > 85 and test["top5"] >= test["top1"]
+    assert test["images"] == digits.test_y.numel()
+    assert 0 <= log["data_overhead"] < 1
+
+
+def test_same_seed_same_weights(digits):
+    cfg = TrainConfig(epochs=1, lr=0.05, batch_size=64, progress=False, seed=3)
+    a, b = digits_model(), digits_model()
+    convslim.fit(a, digits, cfg, validate=False)
+    convslim.fit(b, digits, cfg, validate=False)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
+
+
+def test_step_budget_is_respected(digits):
+    log = convslim.fit(digits_model(), digits, TrainConfig(epochs=10, max_steps=3, progress=False), validate=False)
+    assert log["steps"] == 3
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"epochs": -1}, "non-negative"), ({"lr": 0}, "positive"), ({"schedule": "zigzag"}, "schedule"),
+])
+def test_bad_config_is_named(kwargs, message):
+    with pytest.raises(ConvslimError, match=message):
+        TrainConfig(**kwargs).check()
+
+
+def test_bn_recalibration_restores_statistics(digits):
+    model = digits_model()
+    convslim.fit(model, digits, TrainConfig(epochs=2, lr=0.05, batch_size=64, progress=False), validate=False)
+    ref = convslim.evaluate(model, digits, "val")["top1"]
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.add_(3.0)
+    assert convslim.evaluate(model, digits, "val")["top1"] < ref - 10
+    convslim.recalibrate_bn(model, digits, batches=10, batch_size=64)
+    assert convslim.evaluate(model, digits, "val")["top1"] > ref - 3
