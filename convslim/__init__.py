@@ -5,7 +5,11 @@ from .errors import ConvslimError
 from .export import export_onnx
 from .metrics import count, profile
 from .modelspec import build_model
+from .pruning.criteria import PermutationOptions
+from .pruning.prune import apply_rule, channel_importance, prune
+from .pruning.search import SearchConfig, auto_prune
 from .train import TrainConfig, evaluate, fit, recalibrate_bn
 
-__all__ = ["ConvslimError", "TrainConfig", "build_model", "count", "evaluate", "export_onnx", "fit",
-           "load", "load_data", "profile", "recalibrate_bn", "save"]
+__all__ = ["ConvslimError", "PermutationOptions", "SearchConfig", "TrainConfig", "apply_rule", "auto_prune",
+           "build_model", "channel_importance", "count", "evaluate", "export_onnx", "fit", "load", "load_data",
+           "profile", "prune", "recalibrate_bn", "save"]

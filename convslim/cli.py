@@ -4,6 +4,7 @@ Every user mistake surfaces as ConvslimError and is printed as one line with exi
 outputs are checked before any work starts and written atomically, so nothing is half-written.
 """
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -13,6 +14,10 @@ from .checkpoint import record_of, save
 from .errors import ConvslimError
 from .fileio import check_output_path, write_text_atomic
 from .metrics import human
+
+
+# Each family adds its own subcommands through a `register(subparsers)` function.
+COMMAND_MODULES = ["convslim.pruning.cli"]
 
 
 def _positive_int(text):
@@ -81,6 +86,15 @@ def open_data(args, model=None):
     return load_data(args.data, val_fraction=args.val_fraction, seed=args.seed, resize=args.resize)
 
 
+def open_model_and_data(args):
+    """A saved model brings its own shape and normalisation; a new one takes its shape from the data."""
+    if args.model.endswith(".pt"):
+        model = open_model(args)
+        return model, open_data(args, model)
+    splits = open_data(args)
+    return open_model(args, splits), splits
+
+
 def cmd_train(args):
     from .session import remember_data
     from .train import TrainConfig, fit, evaluate
@@ -92,12 +106,7 @@ def cmd_train(args):
                       nesterov=not args.no_nesterov, weight_decay=args.weight_decay, schedule=args.schedule,
                       label_smoothing=args.label_smoothing, seed=args.seed, device=args.device,
                       channels_last=not args.no_channels_last, progress=not args.quiet).check()
-    if args.model.endswith(".pt"):
-        model = open_model(args)
-        splits = open_data(args, model)
-    else:
-        splits = open_data(args)
-        model = open_model(args, splits)
+    model, splits = open_model_and_data(args)
     remember_data(model, splits, args.data)
     log = fit(model, splits, cfg)
     test = evaluate(model, splits, "test", device=dist.pick_device(cfg.device))
@@ -118,8 +127,7 @@ def cmd_train(args):
 def cmd_eval(args):
     from .train import evaluate
 
-    model = open_model(args)
-    splits = open_data(args, model)
+    model, splits = open_model_and_data(args)
     res = evaluate(model, splits, args.split, batch_size=args.batch_size,
                    device=dist.pick_device(args.device), progress=True)
     if dist.is_main():
@@ -153,8 +161,7 @@ def cmd_profile(args):
 
     if args.json:
         check_output_path(args.json, inputs=[args.model, args.weights])
-    model = open_model(args)
-    splits = open_data(args, model) if args.data else None
+    model, splits = open_model_and_data(args) if args.data else (open_model(args), None)
     prof = profile(model, record_of(model).input_shape, latency_batches=args.batches,
                    repeats=args.repeats, onnx=not args.no_onnx)
     if splits is not None:
@@ -221,6 +228,8 @@ def build_parser():
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_export)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
     return parser
 
 

@@ -107,7 +107,7 @@ def fit(model, splits, cfg=None, *, loss_fn=None, validate=True):
         net.train()
         sums = [0.0, 0.0, 0.0]  # loss*n, correct, n
         bar = tqdm(total=min(steps_per_epoch, total - step), desc=f"epoch {epoch + 1}", leave=False,
-                   disable=not (cfg.progress and dist.is_main()), unit="batch")
+                   disable=None if cfg.progress and dist.is_main() else True, unit="batch")
         t_epoch = t_last = time.perf_counter()
         for x, y in loader:
             t_got = time.perf_counter()

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 import torch_pruning as tp
-from torch import nn
 
 from ..errors import ConvslimError
 from .importance import contributions, following_bn, permutation_importance
@@ -121,6 +120,3 @@ def group_scores(model, groups, batches, graph, criterion="permutation", options
     per_layer = {name: contributions(s) for name, s in raw.items()}
     return {g.root: group_contributions(g, per_layer) for g in groups}, raw
 
-
-def is_prunable_layer(module):
-    return isinstance(module, (nn.Conv2d, nn.Linear))

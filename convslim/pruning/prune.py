@@ -74,17 +74,6 @@ def prune(model, splits, *, cr=None, ratio=None, ratios=None, criterion="permuta
     return apply_rule(model, imp, rule, value, multiple=multiple)
 
 
-def prune_summary(base, slim):
-    """FLOPs and params of both models and the reductions in percent (the thesis's columns)."""
-    from ..metrics import count
-
-    a = count(base.cpu(), example_input(base))
-    b = count(slim.cpu(), example_input(slim))
-    return {"base": a, "pruned": b,
-            "flops_reduction": 100 * (1 - b["flops"] / a["flops"]),
-            "params_reduction": 100 * (1 - b["params"] / a["params"])}
-
-
 def kept_per_layer(model):
     """Output channels of every conv / linear layer, for tables and plots."""
     return {n: (m.out_channels if isinstance(m, torch.nn.Conv2d) else m.out_features)

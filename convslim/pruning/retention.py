@@ -36,13 +36,21 @@ def classifier_name(model):
     return last
 
 
+def _uneven_grouped_conv(module):
+    """A grouped conv that is not depthwise: removing arbitrary channels would break its groups."""
+    return isinstance(module, nn.Conv2d) and 1 < module.groups and not (
+        module.groups == module.in_channels == module.out_channels)
+
+
 def coupled_groups(model, graph):
-    """Every prunable group of output channels, the classifier's excepted."""
+    """Every prunable group of output channels, the classifier's and grouped convs' excepted."""
     names = {m: n for n, m in model.named_modules()}
     head = classifier_name(model)
     ignored = [dict(model.named_modules())[head]] if head else []
     groups = []
     for tp_group in graph.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)):
+        if any(_uneven_grouped_conv(item.dep.target.module) for item in tp_group):
+            continue
         root_module = tp_group[0].dep.target.module
         members = []
         for item in tp_group:
@@ -96,9 +104,10 @@ def keep_cumulative(p, cr, multiple=1):
     if cr >= 1:
         k = int((p > 0).sum())
     else:
-        # first index where the running sum reaches cr of the total (tolerant to rounding)
-        k = int(torch.searchsorted(csum, torch.tensor(cr * total - 1e-12 * max(total, 1), dtype=csum.dtype)).item()) + 1
-        k = 1 if cr == 0 else k
+        # first index where the running sum reaches cr of the total; contributions are float32,
+        # so a sum that equals cr up to float32 rounding counts as reaching it
+        target = torch.tensor(cr * total - 1e-6 * total, dtype=csum.dtype)
+        k = int(torch.searchsorted(csum, target).item()) + 1
     k = _round_up(min(k, len(p)), len(p), multiple)
     return sorted(order[:k].tolist())
 

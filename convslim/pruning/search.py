@@ -95,18 +95,20 @@ class SearchLog:
 
 
 def auto_prune(model, splits, cfg=None, *, criterion="permutation", options=None, calib_batches=4,
-               log_path=None, model_id="", progress=True, echo=print):
-    """Search cr, keep the fewest-FLOPs candidate within budget, fine-tune it; returns (model, summary)."""
+               importance=None, log_path=None, model_id="", progress=True, echo=print):
+    """Search cr, keep the fewest-FLOPs candidate within budget, fine-tune it; returns (model, summary).
+
+    Channel importance is computed once (or passed in as `importance`) and reused by every probe.
+    """
     cfg = (cfg or SearchConfig()).check()
     t_start = time.perf_counter()
     model = model.cpu().eval()
     base_val = evaluate(model, splits, "val")["top1"]
-    header = {"model": model_id, "config": asdict(cfg), "criterion": criterion,
-              "options": asdict(options) if options else None, "calib_batches": calib_batches,
+    imp = importance or channel_importance(model, splits, criterion=criterion, calib_batches=calib_batches,
+                                           options=options, seed=cfg.seed)
+    header = {"model": model_id, "config": asdict(cfg), "criterion": imp.criterion, "options": imp.options,
               "base_val_acc": round(base_val, 6)}
     log = SearchLog(log_path, header)
-    imp = channel_importance(model, splits, criterion=criterion, calib_batches=calib_batches,
-                             options=options, seed=cfg.seed)
     base_counts = count(model, example_input(model))
     lo, hi = 0.0, 1.0
     best, best_flops = None, math.inf

@@ -16,7 +16,7 @@ def build_graph(model, example_input):
     model.eval()
     try:
         with torch.enable_grad():
-            return tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
+            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
     except ConvslimError:
         raise
     except Exception as exc:  # torch-pruning raises many kinds; the user needs one line
@@ -24,6 +24,12 @@ def build_graph(model, example_input):
         raise ConvslimError(f"torch-pruning cannot trace this model's graph: {msg}") from exc
     finally:
         model.train(was_training)
+    lost = [n for n, m in model.named_modules()
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and m not in graph.module2node]
+    if lost:
+        raise ConvslimError(f"torch-pruning cannot trace this model's graph: layer {lost[0]!r} is not reached "
+                            f"by autograd (no_grad, detach or non-tensor ops in forward?)")
+    return graph
 
 
 def _plain(idxs):

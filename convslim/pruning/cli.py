@@ -1,0 +1,189 @@
+"""`convslim prune`, `convslim auto` and `convslim report`."""
+import json
+import signal
+from pathlib import Path
+
+from ..checkpoint import save
+from ..cli import add_data_args, add_model_args, open_model_and_data
+from ..errors import ConvslimError
+from ..fileio import check_output_path, write_text_atomic
+from .criteria import CRITERIA, PermutationOptions
+from .importance import ESTIMATORS, MEASURES, PERMS
+
+
+def add_importance_args(p):
+    p.add_argument("--criterion", choices=CRITERIA, default="permutation")
+    p.add_argument("--perm", choices=PERMS, default="shuffle", help="how a kernel is destroyed")
+    p.add_argument("--estimator", choices=ESTIMATORS, default="expected",
+                   help="shuffle: closed-form expectation or sampled permutations")
+    p.add_argument("--samples", type=int, default=1, help="sampled permutations per kernel (estimator sample)")
+    p.add_argument("--input", choices=["data", "random"], default="data", help="feature maps from real or random images")
+    p.add_argument("--measure", choices=MEASURES, default="bn", help="change measured at the conv or after its BatchNorm")
+    p.add_argument("--calib-batches", type=int, default=4, help="training batches used for scoring")
+    p.add_argument("--multiple", type=int, default=1, help="round channel counts up to a multiple")
+
+
+def add_output_args(p):
+    p.add_argument("--report", help="write a Markdown/HTML report with plots to this folder")
+    p.add_argument("--json", help="write the figures to this file")
+    p.add_argument("--out", required=True, help="where to save the pruned model (.pt)")
+
+
+def options_from(args):
+    if args.samples < 1:
+        raise ConvslimError(f"--samples must be at least 1, got {args.samples}")
+    if args.calib_batches < 1:
+        raise ConvslimError(f"--calib-batches must be at least 1, got {args.calib_batches}")
+    return PermutationOptions(perm=args.perm, estimator=args.estimator, samples=args.samples,
+                              measure=args.measure, input=args.input, seed=args.seed)
+
+
+def read_ratios(path):
+    path = Path(path)
+    if not path.exists():
+        raise ConvslimError(f"ratios file not found: {path}")
+    try:
+        table = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConvslimError(f"ratios file {path} is not JSON: {exc.msg} (line {exc.lineno})") from exc
+    if not isinstance(table, dict) or not all(isinstance(v, (int, float)) for v in table.values()):
+        raise ConvslimError(f"ratios file {path} must map layer names to ratios, e.g. {{\"layer1.0.conv1\": 0.5}}")
+    return table
+
+
+def check_outputs(args, *names):
+    inputs = [args.model, args.weights]
+    for name in names:
+        if getattr(args, name, None):
+            check_output_path(getattr(args, name), inputs=inputs)
+
+
+def print_result(summary):
+    print(f"{'':<10}{'top-1 %':>10}{'FLOPs':>14}{'params':>12}")
+    print(f"{'base':<10}{summary['base_test_acc']:>10.2f}{summary['base_flops']:>14,}{summary['base_params']:>12,}")
+    print(f"{'pruned':<10}{summary['test_acc']:>10.2f}{summary['flops']:>14,}{summary['params']:>12,}")
+    print(f"accuracy change {summary['test_acc'] - summary['base_test_acc']:+.2f} points (test), "
+          f"FLOPs reduction {summary['flops_reduction']:.1f}%, params reduction {summary['params_reduction']:.1f}%")
+
+
+def cmd_prune(args):
+    from ..train import TrainConfig, evaluate, fit
+    from .prune import apply_rule, channel_importance
+    from .search import flops_params
+    from ..metrics import count
+    from ..checkpoint import example_input
+
+    rules = [(k, v) for k, v in (("cr", args.cr), ("ratio", args.ratio), ("ratios", args.ratios)) if v is not None]
+    if len(rules) != 1:
+        raise ConvslimError("give exactly one rule: --cr, --ratio or --ratios")
+    rule, value = rules[0]
+    value = read_ratios(value) if rule == "ratios" else value
+    out = check_output_path(args.out, inputs=[args.model, args.weights])
+    check_outputs(args, "json")
+    model, splits = open_model_and_data(args)
+    imp = channel_importance(model, splits, criterion=args.criterion, calib_batches=args.calib_batches,
+                             options=options_from(args), seed=args.seed)
+    slim, kept = apply_rule(model, imp, rule, value, multiple=args.multiple)
+    if args.finetune_epochs > 0:
+        fit(slim, splits, TrainConfig(epochs=args.finetune_epochs, lr=args.lr, seed=args.seed), validate=False)
+    summary = flops_params(count(model, example_input(model)), count(slim, example_input(slim)))
+    summary.update(base_test_acc=evaluate(model, splits, "test")["top1"], test_acc=evaluate(slim, splits, "test")["top1"],
+                   rule=rule, value=value, criterion=args.criterion, channels=kept)
+    save(slim, out, inputs=[args.model, args.weights], pruning={"rule": rule, "criterion": args.criterion})
+    print_result(summary)
+    print(f"saved {out}")
+    if args.json:
+        write_text_atomic(args.json, json.dumps(summary, indent=2))
+    if args.report:
+        from .report import write_pruning_report
+        print(f"report: {write_pruning_report(args.report, model, splits, imp)}")
+
+
+def cmd_auto(args):
+    from .prune import channel_importance
+    from .search import SearchConfig, auto_prune
+
+    cfg = SearchConfig(max_acc_loss=args.max_acc_loss, min_interval=args.min_interval,
+                       probe_epochs=args.probe_epochs, final_epochs=args.final_epochs, lr=args.lr,
+                       batch_size=args.batch_size, distill=args.distill, multiple=args.multiple,
+                       seed=args.seed).check()
+    out = check_output_path(args.out, inputs=[args.model, args.weights])
+    check_outputs(args, "json")
+    log = args.log or str(out) + ".search.json"
+    check_output_path(log, inputs=[args.model, args.weights])
+    model, splits = open_model_and_data(args)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # killed politely: same as Ctrl-C
+    print(f"searching cr in [0, 1] to within {cfg.min_interval} ({cfg.probes} probes), "
+          f"budget {cfg.max_acc_loss} points on the validation split; log {log}")
+    imp = channel_importance(model, splits, criterion=args.criterion, calib_batches=args.calib_batches,
+                             options=options_from(args), seed=args.seed)
+    try:
+        best, summary = auto_prune(model, splits, cfg, importance=imp, log_path=log,
+                                   model_id=str(Path(args.model).resolve()) if args.model.endswith(".pt") else args.model)
+    except KeyboardInterrupt:
+        raise ConvslimError(f"interrupted; run the same command again to resume from {log}") from None
+    save(best, out, inputs=[args.model, args.weights], search={k: summary[k] for k in
+         ("chosen_cr", "flops_reduction", "params_reduction", "test_acc", "base_test_acc")})
+    print_result(summary)
+    print(f"search cost: {summary['probes']} probes, {summary['epochs']:g} epochs, "
+          f"{summary['search_seconds']:.0f}s searching + {summary['final_seconds']:.0f}s final fine-tune")
+    print(f"saved {out}")
+    if args.json:
+        write_text_atomic(args.json, json.dumps(summary, indent=2))
+    if args.report:
+        from .report import write_pruning_report
+        print(f"report: {write_pruning_report(args.report, model, splits, imp, summary=summary)}")
+
+
+def cmd_report(args):
+    from .prune import channel_importance
+    from .report import write_pruning_report
+
+    model, splits = open_model_and_data(args)
+    summary = None
+    if args.summary:
+        path = Path(args.summary)
+        if not path.exists():
+            raise ConvslimError(f"summary file not found: {path}")
+        summary = json.loads(path.read_text())
+    imp = channel_importance(model, splits, criterion=args.criterion, calib_batches=args.calib_batches,
+                             options=options_from(args), seed=args.seed)
+    print(f"report: {write_pruning_report(args.out, model, splits, imp, summary=summary)}")
+
+
+def register(sub):
+    p = sub.add_parser("prune", help="prune channels once with a fixed rule (no search)")
+    add_model_args(p)
+    add_data_args(p, required=True)
+    rule = p.add_mutually_exclusive_group(required=True)
+    rule.add_argument("--cr", type=float, help="cumulative contribution rate in [0, 1]")
+    rule.add_argument("--ratio", type=float, help="one pruning ratio for every layer")
+    rule.add_argument("--ratios", help="JSON file mapping layer names to pruning ratios")
+    add_importance_args(p)
+    add_output_args(p)
+    p.add_argument("--finetune-epochs", type=float, default=0)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("auto", help="fully automatic pruning within an accuracy budget")
+    add_model_args(p)
+    add_data_args(p, required=True)
+    p.add_argument("--max-acc-loss", type=float, default=1.0, help="accepted accuracy loss, percentage points")
+    p.add_argument("--min-interval", type=float, default=0.01, help="search resolution on cr")
+    p.add_argument("--probe-epochs", type=float, default=1.0, help="fine-tune per probe after BN re-estimation")
+    p.add_argument("--final-epochs", type=float, default=10.0, help="fine-tune of the chosen model")
+    p.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--distill", action="store_true", help="final fine-tune distils from the original model")
+    p.add_argument("--log", help="search log (default OUT.search.json); an existing one is resumed")
+    add_importance_args(p)
+    add_output_args(p)
+    p.set_defaults(func=cmd_auto)
+
+    p = sub.add_parser("report", help="pruning report with plots (Markdown and HTML)")
+    add_model_args(p)
+    add_data_args(p, required=True)
+    add_importance_args(p)
+    p.add_argument("--summary", help="JSON written by `auto --json`, to add the result and search trajectory")
+    p.add_argument("--out", required=True, help="report folder")
+    p.set_defaults(func=cmd_report)

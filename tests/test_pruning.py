@@ -1,0 +1,211 @@
+"""Channel pruning: the retention rules, exact surgery, every zoo model, the automatic search."""
+import json
+import math
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+import convslim
+from convslim.checkpoint import Record, attach
+from convslim.cli import main
+from convslim.data import Splits
+from convslim.models import available
+from convslim.pruning.criteria import CRITERIA
+from convslim.pruning.prune import kept_per_layer
+from convslim.pruning.retention import keep_cumulative, keep_ratio
+from convslim.train import TrainConfig
+
+
+def test_cumulative_rule_keeps_smallest_set_reaching_cr():
+    p = torch.tensor([0.05, 0.5, 0.15, 0.3, 0.0])
+    assert keep_cumulative(p, 0.8) == [1, 3]
+    assert keep_cumulative(p, 0.81) == [1, 2, 3]
+    assert keep_cumulative(p, 1.0) == [0, 1, 2, 3]      # every non-zero contribution
+    assert keep_cumulative(p, 0.0) == [1]               # at least one channel
+    assert keep_cumulative(p, 0.3, multiple=4) == [0, 1, 2, 3]
+    with pytest.raises(convslim.ConvslimError):
+        keep_cumulative(p, 1.5)
+
+
+def test_ratio_rule_removes_the_lowest_share():
+    p = torch.tensor([0.4, 0.1, 0.3, 0.2])
+    assert keep_ratio(p, 0.5) == [0, 2]
+    assert keep_ratio(p, 0.99) == [0]
+
+
+def rgb_splits(n=96, size=32, classes=4):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
+    y = torch.arange(n) % classes
+    return Splits("synthetic", classes, [str(i) for i in range(classes)], x, y, x[:16], y[:16], x[:16], y[:16],
+                  (0.5,) * 3, (0.25,) * 3, False)
+
+
+def test_kept_weights_are_the_original_weights():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 6, 3),
+                          nn.BatchNorm2d(6), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4))
+    attach(model, Record(arch={"model": "x", "num_classes": 4, "in_channels": 3, "width": 1.0}, input_shape=[3, 32, 32]))
+    imp = convslim.channel_importance(model, rgb_splits(), calib_batches=1)
+    slim, kept = convslim.apply_rule(model, imp, "ratio", 0.5)
+    keep = sorted(torch.argsort(imp.contributions["0"], descending=True)[:4].tolist())
+    assert kept["0"] == 4
+    assert torch.equal(slim[0].weight, model[0].weight[keep])
+    assert torch.equal(slim[0].bias, model[0].bias[keep])
+    assert torch.equal(slim[1].running_var, model[1].running_var[keep])
+    assert torch.equal(slim[3].weight[:, :, :, :], model[3].weight[:, keep][kept_rows(imp, "3", 3)])
+    assert slim[8].out_features == 4                     # the classifier keeps its classes
+
+
+def kept_rows(imp, layer, k):
+    return sorted(torch.argsort(imp.contributions[layer], descending=True)[:k].tolist())
+
+
+# shufflenetv1: grouped 1x1 convs couple every channel; shufflenetv2: torch-pruning cannot trace
+# its channel shuffle
+UNPRUNABLE = {"shufflenetv1": "no prunable", "shufflenetv2": "cannot trace"}
+
+
+@pytest.mark.parametrize("name", available())
+def test_every_zoo_model_prunes_smaller_and_still_works(name, tmp_path):
+    splits = rgb_splits()
+    width = 0.25 if name not in ("digitsnet", "digits_resnet") else 1.0
+    model = convslim.build_model(name, num_classes=4, width=width, input_shape=[3, 32, 32]).eval()
+    if name in UNPRUNABLE:  # a clear one-line refusal, not a crash
+        with pytest.raises(convslim.ConvslimError, match=UNPRUNABLE[name]):
+            convslim.channel_importance(model, splits, calib_batches=1, batch_size=16)
+        return
+    imp = convslim.channel_importance(model, splits, calib_batches=1, batch_size=16)
+    slim, kept = convslim.apply_rule(model, imp, "cr", 0.7)
+    params = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert params(slim) < params(model)
+    assert all(c >= 1 for c in kept_per_layer(slim).values())
+    x = torch.randn(2, 3, 32, 32)
+    assert slim(x).shape == (2, 4)
+    path = convslim.save(slim, tmp_path / "slim.pt")
+    again = convslim.load(path)
+    assert torch.allclose(again(x), slim(x), atol=1e-5)
+
+
+def test_cr_one_keeps_everything_and_zero_keeps_one_per_group(digits):
+    model = trained_model(digits)
+    imp = convslim.channel_importance(model, digits, calib_batches=2)
+    full, _ = convslim.apply_rule(model, imp, "cr", 1.0)
+    assert kept_per_layer(full) == kept_per_layer(model)
+    tiny, kept = convslim.apply_rule(model, imp, "cr", 0.0)
+    assert set(kept.values()) == {1}
+    assert tiny(torch.randn(1, 1, 8, 8)).shape == (1, 10)
+
+
+@pytest.mark.parametrize("criterion", CRITERIA)
+def test_every_criterion_scores_every_group(criterion, digits):
+    model = trained_model(digits)
+    imp = convslim.channel_importance(model, digits, criterion=criterion, calib_batches=2)
+    for g in imp.groups:
+        p = imp.contributions[g.root]
+        assert p.shape == (g.size,) and torch.all(p >= 0) and p.sum().item() == pytest.approx(1, abs=1e-4)
+    slim, _ = convslim.apply_rule(model, imp, "ratio", 0.5)
+    assert slim(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+
+
+_trained = {}
+
+
+def trained_model(digits):
+    if "m" not in _trained:
+        torch.manual_seed(0)
+        m = convslim.build_model("digits_resnet", num_classes=10, in_channels=1, input_shape=[1, 8, 8])
+        convslim.fit(m, digits, TrainConfig(epochs=6, lr=0.05, batch_size=64, progress=False), validate=False)
+        _trained["m"] = m.eval()
+    return _trained["m"]
+
+
+def test_auto_prune_stays_in_budget_logs_and_resumes(digits, tmp_path):
+    model = trained_model(digits)
+    cfg = convslim.SearchConfig(max_acc_loss=2.0, min_interval=0.1, probe_epochs=1, final_epochs=1, lr=0.02,
+                                batch_size=64)
+    log = tmp_path / "search.json"
+    lines = []
+
+    def stop_after_two(msg):
+        lines.append(msg)
+        if msg.startswith("probe 2"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        convslim.auto_prune(model, digits, cfg, log_path=log, echo=stop_after_two)
+    assert len(json.loads(log.read_text())["probes"]) == 2
+    best, summary = convslim.auto_prune(model, digits, cfg, log_path=log, echo=lines.append)
+    assert any(line.startswith("resuming") for line in lines)
+    probes = json.loads(log.read_text())["probes"]
+    assert len(probes) == summary["probes"] == math.ceil(math.log2(1 / 0.1))
+    base = summary["base_val_acc"]
+    lo, hi = 0.0, 1.0
+    for p in probes:
+        assert p["cr"] == pytest.approx((lo + hi) / 2)
+        assert (p["decision"] == "keep") == (p["val_acc"] + 2.0 >= base)
+        lo, hi = (lo, p["cr"]) if p["decision"] == "keep" else (p["cr"], hi)
+        assert set(p) >= {"cr", "channels", "flops", "params", "val_acc", "decision", "seconds"}
+    if any(p["decision"] == "keep" for p in probes):
+        assert summary["flops"] < summary["base_flops"]
+        assert summary["flops"] == min(p["flops"] for p in probes if p["decision"] == "keep")
+    assert best(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_prune_and_auto_commands(digits, tmp_path, capsys):
+    base = tmp_path / "base.pt"
+    convslim.save(trained_model(digits), base)
+    slim = tmp_path / "slim.pt"
+    assert main(["prune", "--model", str(base), "--data", "digits", "--cr", "0.8", "--out", str(slim),
+                 "--report", str(tmp_path / "report")]) == 0
+    out = capsys.readouterr().out
+    assert "FLOPs reduction" in out
+    assert sum(p.numel() for p in convslim.load(slim).parameters()) < sum(p.numel() for p in convslim.load(base).parameters())
+    for name in ("report.md", "report.html", "channels_kept.png", "importance.png"):
+        assert (tmp_path / "report" / name).stat().st_size > 0
+    auto = tmp_path / "auto.pt"
+    assert main(["auto", "--model", str(base), "--data", "digits", "--max-acc-loss", "2", "--min-interval", "0.25",
+                 "--probe-epochs", "0.5", "--final-epochs", "0.5", "--out", str(auto)]) == 0
+    out = capsys.readouterr().out
+    assert "search cost: 2 probes" in out and auto.exists() and (tmp_path / "auto.pt.search.json").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--max-acc-loss", "-1"], "max-acc-loss"),
+    (["--max-acc-loss", "500"], "max-acc-loss"),
+    (["--min-interval", "0"], "min-interval"),
+    (["--min-interval", "1.5"], "min-interval"),
+])
+def test_auto_bad_budget_is_one_line(digits, tmp_path, capsys, argv, message):
+    base = tmp_path / "base.pt"
+    convslim.save(trained_model(digits), base)
+    code = main(["auto", "--model", str(base), "--data", "digits", "--out", str(tmp_path / "o.pt"), *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base.pt"]
+
+
+def test_untraceable_model_is_one_line(tmp_path, capsys):
+    src = tmp_path / "odd.py"
+    src.write_text(textwrap.dedent("""
+        import torch
+        from torch import nn
+        class Odd(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = nn.Conv2d(1, 4, 3)
+                self.fc = nn.Linear(4, 10)
+            def forward(self, x):
+                with torch.no_grad():
+                    x = self.conv(x)
+                return self.fc(x.mean((2, 3)))
+        def make(num_classes=10, in_channels=1):
+            return Odd()
+    """))
+    code = main(["prune", "--model", f"{src}:make", "--in-channels", "1", "--data", "digits", "--cr", "0.5",
+                 "--out", str(tmp_path / "o.pt")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "cannot trace" in err[0]
+    assert not (tmp_path / "o.pt").exists()
