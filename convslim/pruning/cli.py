@@ -67,11 +67,11 @@ def print_result(summary):
 
 
 def cmd_prune(args):
+    from ..checkpoint import example_input
+    from ..metrics import count
     from ..train import TrainConfig, evaluate, fit
     from .prune import apply_rule, channel_importance
     from .search import flops_params
-    from ..metrics import count
-    from ..checkpoint import example_input
 
     rules = [(k, v) for k, v in (("cr", args.cr), ("ratio", args.ratio), ("ratios", args.ratios)) if v is not None]
     if len(rules) != 1:

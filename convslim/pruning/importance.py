@@ -11,6 +11,7 @@ Measures: `conv` (the raw conv output, the thesis) or `bn` (what the next layer 
 following BatchNorm: D_i * (gamma_i / sigma_i)^2).
 """
 import math
+import zlib
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,11 @@ def as_conv(module):
 
 def as_image(module, x):
     return x[:, :, None, None] if isinstance(module, nn.Linear) else x
+
+
+def layer_generator(seed, layer):
+    """A generator per layer, so a layer's permutations do not depend on which layers are scored."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(layer.encode()))
 
 
 def destroyed_weights(weight, perm, generator):
@@ -112,11 +118,11 @@ def permutation_importance(model, layers, inputs, *, perm="shuffle", estimator="
     if samples < 1:
         raise ConvslimError(f"samples must be at least 1, got {samples}")
     modules = dict(model.named_modules())
-    gen = torch.Generator().manual_seed(seed)
     plans, totals, hooks = {}, {}, []
     closed_form = perm == "shuffle" and estimator == "expected"
     for name in layers:
         weight, conv = as_conv(modules[name])
+        gen = layer_generator(seed, name)
         draws = [] if closed_form else [destroyed_weights(weight, perm, gen)
                                         for _ in range(samples if perm != "zero" else 1)]
         plans[name] = (weight.detach(), conv, draws)
@@ -164,7 +170,7 @@ def loop_importance(model, layer, inputs, *, perm="shuffle", seed=0):
     """The thesis's loop: destroy one kernel, rerun the layer, measure; for tests only."""
     module = dict(model.named_modules())[layer]
     weight, conv = as_conv(module)
-    destroyed = destroyed_weights(weight, perm, torch.Generator().manual_seed(seed))
+    destroyed = destroyed_weights(weight, perm, layer_generator(seed, layer))
     captured = []
     h = module.register_forward_hook(lambda m, a, o: captured.append(as_image(m, a[0].detach())))
     model.eval()

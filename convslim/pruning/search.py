@@ -11,12 +11,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..checkpoint import load, save
+from ..checkpoint import example_input, load, save
 from ..distill import kd_loss_fn
 from ..errors import ConvslimError
 from ..fileio import write_text_atomic
 from ..metrics import count
-from ..checkpoint import example_input
 from ..train import TrainConfig, evaluate, fit, recalibrate_bn
 from .prune import apply_rule, channel_importance, kept_per_layer
 
