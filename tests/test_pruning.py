@@ -87,6 +87,8 @@ def test_every_zoo_model_prunes_smaller_and_still_works(name, tmp_path):
     path = convslim.save(slim, tmp_path / "slim.pt")
     again = convslim.load(path)
     assert torch.allclose(again(x), slim(x), atol=1e-5)
+    if name in ("resnet20", "googlenet", "densenet121", "mobilenetv2", "vgg11"):  # one per coupling kind
+        assert convslim.export_onnx(again, tmp_path / "slim.onnx", [3, 32, 32]) < 1e-3
 
 
 def test_cr_one_keeps_everything_and_zero_keeps_one_per_group(digits):
