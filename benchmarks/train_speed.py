@@ -9,7 +9,6 @@ for a fixed number of steps), as a ratio.
 import argparse
 import time
 
-import torch
 
 import convslim
 from convslim.train import TrainConfig

@@ -4,8 +4,14 @@ A `.pt` file is a plain dict of tensors, strings and numbers, so `torch.load(wei
 reads it and no pickled code runs. The model is rebuilt from its architecture spec (a zoo name or
 a user factory), the recorded channel removals are replayed with torch-pruning, then the weights
 are loaded strictly. `Record` travels on the model object so every step can save what it changed.
+
+Structural edits that are not channel removals (a layer decomposed or converted) are recorded as
+plain dicts {"op": ..., "layer": ..., ...} in `Record.edits`, each with the length of the removal
+history when it was made, and replayed in that order by the function the module that made them
+registered in `EDIT_REPLAYERS`.
 """
 import copy
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +23,11 @@ from .fileio import atomic_path, check_output_path
 FORMAT = "convslim-checkpoint/1"
 RECORD_ATTR = "convslim_record"
 
+# op -> fn(model, edit) rebuilding the edited layer's structure (weights come later, strictly);
+# filled by the modules in EDIT_MODULES when they are imported.
+EDIT_REPLAYERS = {}
+EDIT_MODULES = ("convslim.decomposition", "convslim.compact")
+
 
 @dataclass
 class Record:
@@ -26,10 +37,15 @@ class Record:
     input_shape: list
     history: list = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    edits: list = field(default_factory=list)
 
     def to_dict(self):
         return {"arch": self.arch, "input_shape": list(self.input_shape),
-                "history": self.history, "meta": self.meta}
+                "history": self.history, "meta": self.meta, "edits": self.edits}
+
+    def add_edit(self, op, **fields):
+        """Remember a structural edit, placed after the channel removals made so far."""
+        self.edits.append({"op": op, **fields, "after": len(self.history)})
 
 
 def attach(model, record):
@@ -101,19 +117,43 @@ def load_state(model, state_dict, source):
     return model
 
 
-def load(path):
-    """Rebuild a saved model (architecture, replayed channel removals, weights) in eval mode."""
-    from .modelspec import build_model
+def replay(model, history, edits, example_input):
+    """Redo channel removals and structural edits on a fresh base model, in the order made."""
     from .pruning.surgery import replay_history
 
-    payload = read(path)
+    if edits:
+        for name in EDIT_MODULES:
+            importlib.import_module(name)
+    done = 0
+    for edit in edits:
+        if edit.get("op") not in EDIT_REPLAYERS:
+            raise ConvslimError(f"checkpoint holds an edit this convslim cannot replay: {edit.get('op')!r}")
+        at = int(edit.get("after", len(history)))
+        replay_history(model, history[done:at], example_input)
+        done = max(done, at)
+        EDIT_REPLAYERS[edit["op"]](model, edit)
+    replay_history(model, history[done:], example_input)
+    return model
+
+
+def rebuild(payload, source):
+    """A model from a checkpoint dict: architecture, replayed removals and edits, weights."""
+    from .modelspec import build_model
+
     arch = payload["arch"]
     model = build_model(arch["model"], num_classes=arch["num_classes"],
                         in_channels=arch["in_channels"], width=arch["width"],
                         input_shape=payload["input_shape"])
-    replay_history(model, payload["history"], torch.randn(1, *payload["input_shape"]))
-    load_state(model, payload["state_dict"], path)
+    edits = [dict(e) for e in payload.get("edits", [])]
+    replay(model, payload["history"], edits, torch.randn(1, *payload["input_shape"]))
+    load_state(model, payload["state_dict"], source)
     rec = record_of(model)
     rec.history = [list(h) for h in payload["history"]]
+    rec.edits = edits
     rec.meta = dict(payload.get("meta", {}))
     return model.eval()
+
+
+def load(path):
+    """Rebuild a saved model (architecture, replayed channel removals and edits, weights) in eval mode."""
+    return rebuild(read(path), path)

@@ -1,12 +1,10 @@
 """Model zoo: registry, shapes, well-known sizes, and torch-pruning compatibility."""
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
 import torch.nn as nn
-import torch_pruning as tp
 
 from convslim.errors import ConvslimError
 from convslim.models import available, create
@@ -110,26 +108,7 @@ def test_init():
     assert all(torch.all(b.weight == 1) and torch.all(b.bias == 0) for b in bns)
 
 
-@pytest.mark.parametrize("name", available())
-def test_dependency_graph_builds(name):
-    model = create(name, width=W).eval()
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn(1, 3, 32, 32))
-    assert len(list(dg.get_all_groups(root_module_types=[nn.Conv2d]))) > 0
-
-
-@pytest.mark.parametrize("name", available())
-def test_prune_25_percent(name):
-    torch.manual_seed(0)
-    model = create(name, width=W).eval()
-    x = torch.randn(1, 3, 32, 32)
-    before = n_params(model)
-    pruner = tp.pruner.MetaPruner(model, x, importance=tp.importance.MagnitudeImportance(p=1),
-                                  pruning_ratio=0.25, ignored_layers=[model.classifier])
-    pruner.step()
-    assert n_params(model) < before
-    with torch.no_grad():
-        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
-    assert model.classifier.out_features == 10
+# torch-pruning's handling of every zoo model is tested through convslim's pruner in test_pruning.py
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))

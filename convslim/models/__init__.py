@@ -91,3 +91,4 @@ from convslim.models import (  # noqa: E402,F401
     small,
     vgg,
 )
+from convslim.models import compact  # noqa: E402,F401  (mobilenetv1, shufflenetv1/v2, squeezenet, ghostnet, xception)
