@@ -167,6 +167,10 @@ def cmd_profile(args):
     if splits is not None:
         prof["accuracy"] = evaluate(model, splits, args.split, device=dist.pick_device(args.device))
     print_profile(prof)
+    if args.compare_separable:
+        from .compact import compare_layers, format_table
+        print("\nper conv layer as is, as depthwise-separable and as Ghost replacement:")
+        print(format_table(compare_layers(model)))
     if args.json:
         write_text_atomic(args.json, json.dumps(prof, indent=2))
         print(f"wrote {args.json}")
@@ -219,6 +223,8 @@ def build_parser():
     p.add_argument("--batches", type=_batches, default=[1, 64], help="latency batch sizes, e.g. 1,64")
     p.add_argument("--repeats", type=_positive_int, default=20, help="timed runs per latency figure")
     p.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime latency")
+    p.add_argument("--compare-separable", action="store_true",
+                   help="also show each conv's params and FLOPs as a separable or Ghost replacement")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", help="write the same figures to this file")
     p.set_defaults(func=cmd_profile)

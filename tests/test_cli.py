@@ -39,8 +39,8 @@ def test_train_eval_profile_export(trained, tmp_path, capsys):
 
 def test_zoo_model_profile_without_data(capsys):
     code, out, _ = run(capsys, "profile", "--model", "resnet20", "--width", "0.25", "--batches", "1",
-                       "--repeats", "2", "--no-onnx")
-    assert code == 0 and "total:" in out
+                       "--repeats", "2", "--no-onnx", "--compare-separable")
+    assert code == 0 and "total:" in out and "separable" in out
 
 
 def bad_cases(tmp_path, trained):

@@ -167,6 +167,11 @@ def test_prune_and_auto_commands(digits, tmp_path, capsys):
     assert sum(p.numel() for p in convslim.load(slim).parameters()) < sum(p.numel() for p in convslim.load(base).parameters())
     for name in ("report.md", "report.html", "channels_kept.png", "importance.png"):
         assert (tmp_path / "report" / name).stat().st_size > 0
+    taught = tmp_path / "taught.pt"
+    assert main(["prune", "--model", str(base), "--data", "digits", "--ratio", "0.5", "--finetune-epochs", "1",
+                 "--teacher", str(base), "--out", str(taught)]) == 0
+    assert convslim.load(taught)(torch.randn(1, 1, 8, 8)).shape == (1, 10)
+    capsys.readouterr()
     auto = tmp_path / "auto.pt"
     assert main(["auto", "--model", str(base), "--data", "digits", "--max-acc-loss", "2", "--min-interval", "0.25",
                  "--probe-epochs", "0.5", "--final-epochs", "0.5", "--out", str(auto)]) == 0

@@ -23,6 +23,14 @@ def add_importance_args(p):
     p.add_argument("--multiple", type=int, default=1, help="round channel counts up to a multiple")
 
 
+def open_teacher(args):
+    """--teacher: a saved model whose outputs the fine-tune learns from (knowledge distillation)."""
+    if not getattr(args, "teacher", None):
+        return None
+    from ..checkpoint import load
+    return load(args.teacher)
+
+
 def add_output_args(p):
     p.add_argument("--report", help="write a Markdown/HTML report with plots to this folder")
     p.add_argument("--json", help="write the figures to this file")
@@ -85,7 +93,10 @@ def cmd_prune(args):
                              options=options_from(args), seed=args.seed)
     slim, kept = apply_rule(model, imp, rule, value, multiple=args.multiple)
     if args.finetune_epochs > 0:
-        fit(slim, splits, TrainConfig(epochs=args.finetune_epochs, lr=args.lr, seed=args.seed), validate=False)
+        from ..distill import kd_loss_fn
+        teacher = open_teacher(args)
+        fit(slim, splits, TrainConfig(epochs=args.finetune_epochs, lr=args.lr, seed=args.seed), validate=False,
+            loss_fn=kd_loss_fn(teacher) if teacher is not None else None)
     summary = flops_params(count(model, example_input(model)), count(slim, example_input(slim)))
     summary.update(base_test_acc=evaluate(model, splits, "test")["top1"], test_acc=evaluate(slim, splits, "test")["top1"],
                    rule=rule, value=value, criterion=args.criterion, channels=kept)
@@ -118,7 +129,7 @@ def cmd_auto(args):
     imp = channel_importance(model, splits, criterion=args.criterion, calib_batches=args.calib_batches,
                              options=options_from(args), seed=args.seed)
     try:
-        best, summary = auto_prune(model, splits, cfg, importance=imp, log_path=log,
+        best, summary = auto_prune(model, splits, cfg, importance=imp, teacher=open_teacher(args), log_path=log,
                                    model_id=str(Path(args.model).resolve()) if args.model.endswith(".pt") else args.model)
     except KeyboardInterrupt:
         raise ConvslimError(f"interrupted; run the same command again to resume from {log}") from None
@@ -162,6 +173,7 @@ def register(sub):
     add_importance_args(p)
     add_output_args(p)
     p.add_argument("--finetune-epochs", type=float, default=0)
+    p.add_argument("--teacher", help="saved model to distil from while fine-tuning")
     p.add_argument("--lr", type=float, default=0.01)
     p.set_defaults(func=cmd_prune)
 
@@ -175,6 +187,7 @@ def register(sub):
     p.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--distill", action="store_true", help="final fine-tune distils from the original model")
+    p.add_argument("--teacher", help="saved model to distil from in the final fine-tune (implies distillation)")
     p.add_argument("--log", help="search log (default OUT.search.json); an existing one is resumed")
     add_importance_args(p)
     add_output_args(p)

@@ -94,10 +94,11 @@ class SearchLog:
 
 
 def auto_prune(model, splits, cfg=None, *, criterion="permutation", options=None, calib_batches=4,
-               importance=None, log_path=None, model_id="", progress=True, echo=print):
+               importance=None, teacher=None, log_path=None, model_id="", progress=True, echo=print):
     """Search cr, keep the fewest-FLOPs candidate within budget, fine-tune it; returns (model, summary).
 
     Channel importance is computed once (or passed in as `importance`) and reused by every probe.
+    The final fine-tune distils from `teacher`, or from the original model when `cfg.distill`.
     """
     cfg = (cfg or SearchConfig()).check()
     t_start = time.perf_counter()
@@ -148,7 +149,8 @@ def auto_prune(model, splits, cfg=None, *, criterion="permutation", options=None
         echo("no probe stayed within the accuracy budget: the model is returned unpruned")
         best = copy.deepcopy(model)
     t_final = time.perf_counter()
-    loss_fn = kd_loss_fn(copy.deepcopy(model)) if cfg.distill else None
+    teacher = teacher if teacher is not None else (copy.deepcopy(model) if cfg.distill else None)
+    loss_fn = kd_loss_fn(teacher) if teacher is not None else None
     if cfg.final_epochs > 0:
         fit(best, splits, _train_cfg(cfg, cfg.final_epochs, progress), loss_fn=loss_fn, validate=False)
     final_seconds = time.perf_counter() - t_final
