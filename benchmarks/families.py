@@ -92,10 +92,14 @@ def run_model(spec, splits, args):
     name, _, width = spec.partition("@")
     width = float(width or 1.0)
     print(f"== {name} width {width}")
-    base = convslim.build_model(name, num_classes=splits.num_classes, in_channels=splits.input_shape[0], width=width,
-                                input_shape=splits.input_shape)
-    remember_data(base, splits, args.data)
-    _, t_base = timed(lambda: fit(base, splits, train_cfg(args, args.epochs, args.base_lr), validate=False))
+    if name.endswith(".pt"):  # a trained checkpoint: reuse it instead of training the original here
+        base = convslim.load(name)
+        t_base = record_of(base).meta.get("train", {}).get("seconds", 0.0)
+    else:
+        base = convslim.build_model(name, num_classes=splits.num_classes, in_channels=splits.input_shape[0],
+                                    width=width, input_shape=splits.input_shape)
+        remember_data(base, splits, args.data)
+        _, t_base = timed(lambda: fit(base, splits, train_cfg(args, args.epochs, args.base_lr), validate=False))
     base.eval()
     rows = [measure("original", base, splits, t_base)]
 
@@ -154,7 +158,8 @@ def run_model(spec, splits, args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="resnet20,vgg16@0.25", help="zoo names, NAME@WIDTH for a reduced width")
+    ap.add_argument("--models", default="resnet20,vgg16@0.25",
+                    help="zoo names, NAME@WIDTH for a reduced width, or trained .pt checkpoints")
     ap.add_argument("--data", default=f"cifar10:{CIFAR}")
     ap.add_argument("--compact", default="mobilenetv1", help="compact zoo net trained from scratch")
     ap.add_argument("--epochs", type=float, default=30, help="training of the original and the compact net")
