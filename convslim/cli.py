@@ -17,7 +17,7 @@ from .metrics import human
 
 
 # Each family adds its own subcommands through a `register(subparsers)` function.
-COMMAND_MODULES = ["convslim.pruning.cli", "convslim.families_cli"]
+COMMAND_MODULES = ["convslim.pruning.cli", "convslim.families_cli", "convslim.quantization.cli"]
 
 
 def _positive_int(text):

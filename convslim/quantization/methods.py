@@ -1,0 +1,221 @@
+"""One function per quantization method, shared by the CLI, the benchmark and Python users.
+
+Each takes a float model and data, leaves the model untouched, and returns a dict of measured
+figures (accuracy before and after, sizes in bytes, latency where a real int8 kernel runs).
+Methods that simulate (lowbit, binary, ternary, cluster) also return the quantized model, with
+its quantizers still attached: `storage.save_compressed` writes it as codes, `fakequant.strip`
+turns it into a plain model with the quantized weights baked in.
+"""
+import copy
+import os
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..checkpoint import record_of
+from ..errors import ConvslimError
+from ..metrics import ort_latency_ms, state_dict_bytes
+from ..train import TrainConfig, evaluate, fit, recalibrate_bn
+from . import binarize as binmod
+from .clustering import cluster as cluster_weights
+from .fakequant import act_quantizers, layers_of, quantize_weights, simulate, strip
+from .onnx_int8 import has_vnni, onnx_accuracy, quantize_onnx
+from .quantizers import check_bits
+from .storage import coded_sizes, coded_state
+
+DEFAULT_EPOCHS = {"ptq": 0, "qat": 3, "lowbit": 0, "binary": 10, "ternary": 10, "cluster": 3}
+# A centroid's gradient is the sum over its whole cluster (seed 001 eq. 1), thousands of weights,
+# so the centroids need a smaller step than per-weight training.
+DEFAULT_LR = {"qat": 0.01, "lowbit": 0.01, "binary": 0.01, "ternary": 0.01, "cluster": 0.001}
+
+
+@dataclass
+class FineTune:
+    """Fine-tuning after quantization: a short, low learning-rate run of convslim.train.fit."""
+    epochs: float = 0
+    lr: float = 0.01
+    batch_size: int = 128
+    teacher: object = None          # a float model to distil from (convslim.distill.kd_loss_fn)
+    seed: int = 0
+    device: str = "cpu"
+    progress: bool = True
+
+    def run(self, model, splits):
+        if not self.epochs:
+            return None
+        from ..distill import kd_loss_fn
+
+        loss_fn = kd_loss_fn(self.teacher) if self.teacher is not None else None
+        cfg = TrainConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=self.seed,
+                          device=self.device, progress=self.progress)
+        log = fit(model, splits, cfg, loss_fn=loss_fn)
+        model.cpu()
+        return {"epochs": self.epochs, "lr": self.lr, "seconds": log["seconds"], "distilled": self.teacher is not None}
+
+
+def top1(model, splits, split="test"):
+    return evaluate(model, splits, split, device=torch.device("cpu"))["top1"]
+
+
+def calibration_images(splits, n, seed=0):
+    """`n` training images (never validation or test); zero images is a clear error."""
+    if n is None or int(n) < 1:
+        raise ConvslimError(f"calibration needs at least one image, got {n}")
+    return splits.calibration(int(n), seed=seed)
+
+
+def paired_latency(fp32_path, int8_path, shape, batches=(1, 64), repeats=10, rounds=3):
+    """Median ONNX Runtime latency of both files, measured in alternating rounds so that a busy,
+    shared CPU slows both alike; returns ({batch: fp32 ms}, {batch: int8 ms})."""
+    fp32, int8 = {}, {}
+    for b in batches:
+        x = torch.randn(b, *shape)
+        runs = {fp32_path: [], int8_path: []}
+        for _ in range(rounds):
+            for path in runs:
+                runs[path].append(ort_latency_ms(path, x, repeats=repeats))
+        fp32[f"b{b}_ms"], int8[f"b{b}_ms"] = (float(np.median(runs[p])) for p in (fp32_path, int8_path))
+    return fp32, int8
+
+
+def int8_onnx(model, splits, out, *, calibration="minmax", calib_images=512, percentile=99.99, engine="convslim",
+              seed=0, latency_batches=(1, 64), float_top1=None, simulation=True, method="ptq"):
+    """Real int8 through ONNX Runtime: write `out`, then measure accuracy, size and latency fp32 vs int8.
+
+    With `simulation`, convslim's fake-quant model (same calibration, ONNX Runtime's integer ranges)
+    is scored too, to show that the simulation and the real int8 model agree.
+    """
+    images = calibration_images(splits, calib_images, seed)
+    model = model.cpu().eval()
+    shape = record_of(model).input_shape
+    res = {"method": method, "wbits": 8, "abits": 8, "calibration": calibration, "engine": engine,
+           "float_top1": top1(model, splits) if float_top1 is None else float_top1}
+    reduce_range = not has_vnni()
+    if simulation:
+        sim = simulate(model, wbits=8, abits=8, reduce_range=reduce_range, calibration=calibration,
+                       percentile=percentile, images=images)
+        res["sim_top1"] = top1(sim, splits)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = os.path.join(tmp, "fp32.onnx")
+        res.update(quantize_onnx(model, out, images, calibration=calibration, percentile=percentile,
+                                 engine=engine, reduce_range=reduce_range, fp32_out=fp32))
+        res["fp32_onnx_top1"] = onnx_accuracy(fp32, splits)["top1"]
+        res["top1"] = onnx_accuracy(out, splits)["top1"]
+        if latency_batches:
+            res["fp32_latency_ms"], res["int8_latency_ms"] = paired_latency(fp32, out, shape, latency_batches)
+    res["size_ratio"] = res["fp32_onnx_bytes"] / res["int8_onnx_bytes"]
+    return res
+
+
+def ptq(model, splits, out, **kw):
+    """Post-training int8: calibrate activations, quantize weights per channel, through ONNX Runtime."""
+    return int8_onnx(model, splits, out, method="ptq", **kw)
+
+
+def qat(model, splits, out, *, finetune=None, calibration="minmax", calib_images=512, percentile=99.99, seed=0,
+        **kw):
+    """Quantization-aware training at 8 bits (fake quant, straight-through), then the same int8 export.
+
+    Training starts from a PTQ-calibrated simulation; weight grids match ONNX Runtime's (per
+    channel, reduced range without VNNI), and per-channel grids survive BatchNorm folding, so the
+    exported model keeps what training learned.
+    """
+    finetune = finetune or FineTune(DEFAULT_EPOCHS["qat"], seed=seed)
+    images = calibration_images(splits, calib_images, seed)
+    float_top1 = top1(model, splits)
+    sim = simulate(model, wbits=8, abits=8, reduce_range=not has_vnni(), calibration=calibration,
+                   percentile=percentile, images=images)
+    ptq_sim = top1(sim, splits)
+    train = finetune.run(sim, splits)
+    qat_sim = top1(sim, splits)
+    plain = strip(sim)
+    res = int8_onnx(plain, splits, out, calibration=calibration, calib_images=calib_images, percentile=percentile,
+                    seed=seed, float_top1=float_top1, simulation=False, method="qat", **kw)
+    res.update(ptq_sim_top1=ptq_sim, sim_top1=qat_sim, finetune=train)
+    return res
+
+
+def _coded_result(method, model, sim, splits, *, wbits, abits, float_top1, train=None, **extra):
+    """Figures shared by the simulated methods: accuracy of the simulation and of the stored weights."""
+    res = {"method": method, "wbits": wbits, "abits": abits, "float_top1": float_top1, "top1": top1(sim, splits),
+           "fp32_bytes": state_dict_bytes(model)}
+    sizes = coded_sizes(sim)
+    res.update(packed_bytes=sizes["packed"], huffman_bytes=sizes["huffman"],
+               size_ratio=res["fp32_bytes"] / sizes["huffman"], finetune=train, **extra)
+    if act_quantizers(sim) or any(getattr(h, "convslim_quant", False) for m in sim.modules()
+                                  for h in m._forward_pre_hooks.values()):
+        res["weights_only_top1"] = top1(decoded(model, sim), splits)   # what the file alone gives
+    return res
+
+
+def decoded(model, sim):
+    """A plain copy of the float `model` carrying `sim`'s quantized weights (what the file restores).
+
+    Built from the float model because a parametrized model must not be deep-copied: the copy
+    would share its dynamically made class, and stripping one would break the other.
+    """
+    plain = copy.deepcopy(model).cpu().eval()
+    plain.load_state_dict(coded_state(sim)[0])
+    return plain
+
+
+def lowbit(model, splits, *, wbits=4, abits=8, scheme="symmetric", granularity="channel", calibration="minmax",
+           calib_images=512, percentile=99.99, finetune=None, seed=0):
+    """b-bit fake quantization of weights (and activations unless `abits` is None); QAT when fine-tuned."""
+    check_bits(wbits, "wbits")
+    if abits is not None:
+        check_bits(abits, "abits")
+    images = calibration_images(splits, calib_images, seed) if abits is not None else None
+    sim = simulate(model, wbits=wbits, abits=abits, scheme=scheme, granularity=granularity,
+                   calibration=calibration, percentile=percentile, images=images)
+    float_top1 = top1(model, splits)
+    ptq_top1 = top1(sim, splits)
+    train = (finetune or FineTune()).run(sim, splits)
+    res = _coded_result("lowbit", model, sim, splits, wbits=wbits, abits=abits, float_top1=float_top1, train=train,
+                        scheme=scheme, granularity=granularity, calibration=calibration, ptq_top1=ptq_top1)
+    return sim.eval(), res
+
+
+def binary(model, splits, *, stochastic=False, xnor=False, all_layers=False, finetune=None, seed=0):
+    """Binary weights alpha * sign(W) per channel (BWN), XNOR inputs optionally; STE fine-tuning."""
+    sim = copy.deepcopy(model).cpu().eval()
+    layers = layers_of(sim, skip_ends=not all_layers)
+    quantize_weights(sim, layers, lambda n, m: binmod.BinaryWeight(stochastic, m.weight))
+    if xnor:
+        binmod.binarize_inputs(layers)
+    float_top1 = top1(model, splits)
+    before = top1(sim, splits)
+    train = (finetune or FineTune(DEFAULT_EPOCHS["binary"], seed=seed)).run(sim, splits)
+    if stochastic:   # BatchNorm saw random weights while training; evaluation uses the sign
+        for _, mod in layers:
+            mod.parametrizations.weight[0].stochastic = False
+        recalibrate_bn(sim, splits, device="cpu", seed=seed)
+    res = _coded_result("binary", model, sim, splits, wbits=1, abits=1 if xnor else None, float_top1=float_top1,
+                        train=train, stochastic=stochastic, xnor=xnor, all_layers=all_layers, before_finetune_top1=before)
+    return sim.eval(), res
+
+
+def ternary(model, splits, *, all_layers=False, finetune=None, seed=0):
+    """Ternary weights alpha * {-1, 0, 1} per channel with TWN's optimal threshold; STE fine-tuning."""
+    sim = copy.deepcopy(model).cpu().eval()
+    quantize_weights(sim, layers_of(sim, skip_ends=not all_layers), lambda n, m: binmod.TernaryWeight())
+    float_top1 = top1(model, splits)
+    before = top1(sim, splits)
+    train = (finetune or FineTune(DEFAULT_EPOCHS["ternary"], seed=seed)).run(sim, splits)
+    res = _coded_result("ternary", model, sim, splits, wbits=2, abits=None, float_top1=float_top1, train=train,
+                        all_layers=all_layers, before_finetune_top1=before)
+    return sim.eval(), res
+
+
+def cluster(model, splits, *, clusters=16, finetune=None, seed=0):
+    """k-means weight sharing per layer, centroids fine-tuned by summed cluster gradients."""
+    sim = cluster_weights(model, clusters, seed=seed)
+    float_top1 = top1(model, splits)
+    before = top1(sim, splits)
+    train = (finetune or FineTune(DEFAULT_EPOCHS["cluster"], lr=DEFAULT_LR["cluster"], seed=seed)).run(sim, splits)
+    bits = max(1, (clusters - 1).bit_length())
+    res = _coded_result("cluster", model, sim, splits, wbits=bits, abits=None, float_top1=float_top1, train=train,
+                        clusters=clusters, before_finetune_top1=before)
+    return sim.eval(), res
