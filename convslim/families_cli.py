@@ -148,7 +148,7 @@ def print_layers(rows):
 def cmd_decompose(args):
     from .decomposition import auto_decompose, decompose
     from .decomposition.report import report_section
-    from .pruning.search import SearchConfig, flops_params
+    from .search import SearchConfig, flops_params
     from .train import evaluate, fit
 
     layers = [x.strip() for x in args.layers.split(",")] if args.layers else None

@@ -9,7 +9,7 @@ from convslim.decomposition import LowRank, auto_decompose, decompose, energy_ra
 from convslim.decomposition import cp, svd, tucker
 from convslim.errors import ConvslimError
 from convslim.pruning import remove_channels
-from convslim.pruning.search import SearchConfig
+from convslim.search import SearchConfig
 
 
 def small(name="digits_resnet"):

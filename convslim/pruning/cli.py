@@ -79,7 +79,7 @@ def cmd_prune(args):
     from ..metrics import count
     from ..train import TrainConfig, evaluate, fit
     from .prune import apply_rule, channel_importance
-    from .search import flops_params
+    from ..search import flops_params
 
     rules = [(k, v) for k, v in (("cr", args.cr), ("ratio", args.ratio), ("ratios", args.ratios)) if v is not None]
     if len(rules) != 1:

@@ -1,0 +1,166 @@
+"""The one-dimensional budget search (seed 003 chapter 4; DESIGN.md 1.3), shared by every family
+that compresses along one knob in [0, 1] where smaller means smaller: the pruner's cumulative
+contribution rate cr, decomposition's energy.
+
+    base = accuracy(model, val)
+    l, r = 0, 1
+    while r - l > min_interval:
+        v = (l + r) / 2; cand = recover(make(v))       # BN statistics re-estimated, short fine-tune
+        if accuracy(cand, val) + max_acc_loss >= base: keep, r = v   else: l = v
+    result = the kept candidate with the fewest FLOPs, fine-tuned with the full budget
+
+Every probe is appended to a JSON log; the candidate with the fewest FLOPs so far is saved beside
+it, so an interrupted search resumes from the log instead of starting over.
+"""
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .checkpoint import example_input, load, save
+from .distill import kd_loss_fn
+from .errors import ConvslimError
+from .fileio import write_text_atomic
+from .metrics import count
+from .train import TrainConfig, evaluate, fit, recalibrate_bn
+
+
+@dataclass
+class SearchConfig:
+    max_acc_loss: float = 1.0      # accepted validation accuracy loss, percentage points
+    min_interval: float = 0.01     # stop when the search interval is this narrow
+    probe_epochs: float = 1.0      # short fine-tune of each probe after BN re-estimation
+    bn_batches: int = 20           # batches for BatchNorm statistics re-estimation
+    final_epochs: float = 10.0     # fine-tune of the chosen candidate
+    lr: float = 0.01               # fine-tuning learning rate (probes and final)
+    batch_size: int = 128
+    distill: bool = False          # final fine-tune learns from the original model (KD)
+    multiple: int = 1              # round channel counts up to a multiple (hardware)
+    seed: int = 0
+    device: str = "auto"
+
+    def check(self):
+        if not (math.isfinite(self.max_acc_loss) and 0 <= self.max_acc_loss < 100):
+            raise ConvslimError(f"max-acc-loss must be in [0, 100) percentage points, got {self.max_acc_loss}")
+        if not (0 < self.min_interval < 1):
+            raise ConvslimError(f"min-interval must be in (0, 1), got {self.min_interval}")
+        if self.probe_epochs < 0 or self.final_epochs < 0:
+            raise ConvslimError("probe and final epochs must be non-negative")
+        if self.multiple < 1:
+            raise ConvslimError(f"channel multiple must be at least 1, got {self.multiple}")
+        return self
+
+    @property
+    def probes(self):
+        return math.ceil(math.log2(1 / self.min_interval))
+
+    def train_config(self, epochs, progress=False):
+        return TrainConfig(epochs=epochs, lr=self.lr, batch_size=self.batch_size, seed=self.seed,
+                           device=self.device, progress=progress)
+
+
+def recover(model, splits, cfg, progress=False):
+    """Make a probe judgeable: re-estimate BN statistics, then a short fine-tune."""
+    recalibrate_bn(model, splits, batches=cfg.bn_batches, batch_size=cfg.batch_size, seed=cfg.seed)
+    if cfg.probe_epochs > 0:
+        fit(model, splits, cfg.train_config(cfg.probe_epochs, progress), validate=False)
+    return model
+
+
+class SearchLog:
+    """The JSON search log: header (what is searched, settings, base accuracy) and the probes."""
+
+    def __init__(self, path, header):
+        self.path = Path(path) if path else None
+        self.data = {"header": header, "probes": []}
+        if self.path and self.path.exists():
+            old = json.loads(self.path.read_text())
+            if old.get("header") != header:
+                raise ConvslimError(f"search log {self.path} belongs to another run (different model or "
+                                    f"settings); remove it or choose another --log")
+            self.data = old
+
+    @property
+    def probes(self):
+        return self.data["probes"]
+
+    def add(self, record):
+        self.probes.append(record)
+        if self.path:
+            write_text_atomic(self.path, json.dumps(self.data, indent=2))
+
+    @property
+    def candidate_path(self):
+        return self.path.with_name(self.path.name + ".candidate.pt") if self.path else None
+
+
+def flops_params(a, b):
+    """FLOPs and params of base and result, and the reductions in percent (the thesis's columns)."""
+    return {"base_flops": a["flops"], "flops": b["flops"], "base_params": a["params"], "params": b["params"],
+            "flops_reduction": 100 * (1 - b["flops"] / a["flops"]),
+            "params_reduction": 100 * (1 - b["params"] / a["params"])}
+
+
+def budget_search(model, splits, cfg, make, *, key, header, teacher=None, log_path=None, progress=True,
+                  echo=print):
+    """Search `key` in [0, 1] with `make(value) -> (candidate, record fields)`; returns
+    (fine-tuned best model, summary, the best probe's record or None)."""
+    cfg = cfg.check()
+    t_start = time.perf_counter()
+    model = model.cpu().eval()
+    base_val = evaluate(model, splits, "val")["top1"]
+    log = SearchLog(log_path, {**header, "config": asdict(cfg), "base_val_acc": round(base_val, 6)})
+    base_counts = count(model, example_input(model))
+    lo, hi, best, best_rec = 0.0, 1.0, None, None
+    if log.probes:
+        echo(f"resuming from {log_path}: {len(log.probes)} probe(s) done")
+        for rec in log.probes:
+            lo, hi = (lo, rec[key]) if rec["decision"] == "keep" else (rec[key], hi)
+        kept = [r for r in log.probes if r["decision"] == "keep"]
+        if kept and log.candidate_path.exists():
+            best, best_rec = load(log.candidate_path), min(kept, key=lambda r: r["flops"])
+    while hi - lo > cfg.min_interval + 1e-12:
+        value = (lo + hi) / 2
+        t0 = time.perf_counter()
+        cand, fields = make(value)
+        recover(cand, splits, cfg)
+        val = evaluate(cand, splits, "val")["top1"]
+        counts = count(cand, example_input(cand))
+        ok = val + cfg.max_acc_loss >= base_val
+        rec = {"probe": len(log.probes) + 1, key: value, **fields, "flops": counts["flops"],
+               "params": counts["params"], "val_acc": val, "decision": "keep" if ok else "reject",
+               "seconds": time.perf_counter() - t0}
+        if ok:
+            hi = value
+            if best_rec is None or counts["flops"] < best_rec["flops"]:
+                best, best_rec = cand, rec
+                if log.candidate_path:
+                    save(best, log.candidate_path, search={key: value})
+        else:
+            lo = value
+        log.add(rec)
+        if progress:
+            echo(f"probe {rec['probe']}: {key} {value:.4f}  val {val:.2f}% (base {base_val:.2f}%)  "
+                 f"FLOPs -{100 * (1 - counts['flops'] / base_counts['flops']):.1f}%  {rec['decision']}  "
+                 f"{rec['seconds']:.1f}s")
+    if best is None:
+        echo("no probe stayed within the accuracy budget: the model is returned unchanged")
+        best = copy.deepcopy(model)
+    t_final = time.perf_counter()
+    teacher = teacher if teacher is not None else (copy.deepcopy(model) if cfg.distill else None)
+    if cfg.final_epochs > 0:
+        fit(best, splits, cfg.train_config(cfg.final_epochs, progress), validate=False,
+            loss_fn=kd_loss_fn(teacher) if teacher is not None else None)
+    best = best.cpu().eval()
+    summary = {
+        "base_val_acc": base_val, "final_val_acc": evaluate(best, splits, "val")["top1"],
+        "base_test_acc": evaluate(model, splits, "test")["top1"], "test_acc": evaluate(best, splits, "test")["top1"],
+        "probes": len(log.probes), "search_seconds": sum(r["seconds"] for r in log.probes),
+        "final_seconds": time.perf_counter() - t_final, "seconds_this_run": time.perf_counter() - t_start,
+        "epochs": len(log.probes) * cfg.probe_epochs + cfg.final_epochs,
+        f"chosen_{key}": best_rec[key] if best_rec else 1.0, "log": log.probes,
+    }
+    summary.update(flops_params(base_counts, count(best, example_input(best))))
+    return best, summary, best_rec
