@@ -80,17 +80,23 @@ def save(model, path, *, inputs=(), **meta):
     return out
 
 
-def read(path):
-    """The raw checkpoint dict, with each way of being wrong reported in one line."""
+def load_safely(path, what="checkpoint"):
+    """torch.load with weights_only, each way of failing named in one line."""
     path = Path(path)
     if not path.exists():
         raise ConvslimError(f"file not found: {path}")
     if path.is_dir():
-        raise ConvslimError(f"{path} is a folder, expected a checkpoint file")
+        raise ConvslimError(f"{path} is a folder, expected a {what} file")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ConvslimError(f"{path} is not a checkpoint torch can read safely ({type(exc).__name__})") from exc
+        raise ConvslimError(f"{path} is not a {what} torch can read safely ({type(exc).__name__})") from exc
+
+
+def read(path):
+    """The raw checkpoint dict, with each way of being wrong reported in one line."""
+    path = Path(path)
+    payload = load_safely(path)
     if not isinstance(payload, dict):
         raise ConvslimError(f"{path} is not a checkpoint (holds a {type(payload).__name__})")
     if payload.get("format") != FORMAT:

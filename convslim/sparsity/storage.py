@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import rebuild, record_of, save
+from ..checkpoint import load_safely, rebuild, record_of, save
 from ..errors import ConvslimError
 from ..fileio import atomic_path, check_output_path
 
@@ -77,14 +77,7 @@ def save_sparse(model, path, *, inputs=(), **meta):
 def load_sparse(path):
     """Rebuild a model saved by `save_sparse` (dense weights, in eval mode)."""
     path = Path(path)
-    if not path.exists():
-        raise ConvslimError(f"file not found: {path}")
-    if path.is_dir():
-        raise ConvslimError(f"{path} is a folder, expected a sparse model file")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ConvslimError(f"{path} is not a file torch can read safely ({type(exc).__name__})") from exc
+    payload = load_safely(path, "sparse model")
     if not isinstance(payload, dict) or payload.get("format") != SPARSE_FORMAT:
         raise ConvslimError(f"{path} is not a convslim sparse model file")
     state = dict(payload["dense"])
