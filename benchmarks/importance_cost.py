@@ -81,9 +81,12 @@ def main():
     rows = [["(a) per-channel loop (thesis)", f"{t_loop:.2f}", "1.00x"],
             ["(b) one forward per layer, sampled shuffle R=1", f"{t_fast:.2f}", f"{t_loop / t_fast:.1f}x"],
             ["(c) closed-form expectation", f"{t_closed:.2f}", f"{t_loop / t_closed:.1f}x"]]
+    weights = "trained checkpoint" if args.model.endswith(".pt") else \
+        "untrained zoo weights: the timings hold, the rank stability is only indicative"
     md = (f"# Importance cost: {args.model}\n\n"
           f"Command: `python benchmarks/importance_cost.py --model {args.model}`. {len(layers)} layers, "
-          f"{channels} channels, {result['images']} calibration images, {result['threads']} torch threads.\n\n"
+          f"{channels} channels, {result['images']} calibration images, {result['threads']} torch threads, "
+          f"{weights}.\n\n"
           + markdown_table(["method", "seconds", "speed-up over (a)"], rows)
           + f"\n\n(a) and (b) agree to a max relative difference of {max_rel:.1e} (same permutations).\n\n"
           + markdown_table(["rank stability (mean Spearman over layers)", "rho"],
