@@ -60,10 +60,14 @@ def read_ratios(path):
 
 
 def check_outputs(args, *names):
+    """Every output is checked before the work starts, so a long search never ends in a bad path."""
     inputs = [args.model, args.weights]
     for name in names:
         if getattr(args, name, None):
             check_output_path(getattr(args, name), inputs=inputs)
+    report = getattr(args, "report", None)
+    if report and Path(report).exists() and not Path(report).is_dir():
+        raise ConvslimError(f"report path {report} exists and is not a folder")
 
 
 def print_result(summary):
@@ -102,12 +106,18 @@ def cmd_prune(args):
                    rule=rule, value=value, criterion=args.criterion, channels=kept)
     save(slim, out, inputs=[args.model, args.weights], pruning={"rule": rule, "criterion": args.criterion})
     print_result(summary)
+    finish(args, out, summary, model, splits, imp, with_search=False)
+
+
+def finish(args, out, summary, model, splits, imp, with_search):
+    """What prune and auto print and write once the model is saved: the JSON and the report."""
     print(f"saved {out}")
     if args.json:
         write_text_atomic(args.json, json.dumps(summary, indent=2))
     if args.report:
         from .report import write_pruning_report
-        print(f"report: {write_pruning_report(args.report, model, splits, imp)}")
+        report = write_pruning_report(args.report, model, splits, imp, summary=summary if with_search else None)
+        print(f"report: {report}")
 
 
 def cmd_auto(args):
@@ -138,12 +148,7 @@ def cmd_auto(args):
     print_result(summary)
     print(f"search cost: {summary['probes']} probes, {summary['epochs']:g} epochs, "
           f"{summary['search_seconds']:.0f}s searching + {summary['final_seconds']:.0f}s final fine-tune")
-    print(f"saved {out}")
-    if args.json:
-        write_text_atomic(args.json, json.dumps(summary, indent=2))
-    if args.report:
-        from .report import write_pruning_report
-        print(f"report: {write_pruning_report(args.report, model, splits, imp, summary=summary)}")
+    finish(args, out, summary, model, splits, imp, with_search=True)
 
 
 def cmd_report(args):
