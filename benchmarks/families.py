@@ -12,6 +12,7 @@ net's width are chosen to land near it (no training needed to pick them: FLOPs a
 Writes benchmarks/results/families.{md,json} (families_quick.* with --quick).
 """
 import argparse
+import sys
 import copy
 import tempfile
 import time
@@ -185,8 +186,9 @@ def main():
     head = ["method", "test top-1 %", "params", "FLOPs", "size KiB", "torch b1 ms", "torch b64 ms", "ORT b1 ms",
             "ORT b64 ms", "train s", "note"]
     parts = [f"# Compression families at similar FLOPs ({args.data.split(':')[0]})", "",
-             f"Command: `python benchmarks/families.py {'--quick' if args.quick else '--models ' + args.models}`; "
-             f"original {args.epochs:g} epochs, fine-tunes {args.ft_epochs:g} epochs at lr {args.lr}, "
+             f"Command: `python benchmarks/families.py {' '.join(sys.argv[1:])}`; "
+             f"original and compact net trained {args.epochs:g} epochs (a .pt original keeps its own training), "
+             f"fine-tunes {args.ft_epochs:g} epochs at lr {args.lr}, probes {args.probe_epochs:g} epochs, "
              f"separable conversion {args.convert_epochs:g} epochs of KD, auto pruning budget {args.max_acc_loss} "
              f"points (val). Latency: median CPU ms, {torch.get_num_threads()} threads.", ""]
     for res in results:
