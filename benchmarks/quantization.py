@@ -134,8 +134,8 @@ def main():
     ap.add_argument("--device", default="auto")
     ap.add_argument("--quick", action="store_true", help="digits + digitsnet, tiny budgets (a smoke run)")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--name", default="quantization", help="results file name (benchmarks/results/NAME.*)")
     args = ap.parse_args()
-    args.name = "quantization"
     if args.quick:
         args.data, args.name = "digits", "quantization_quick"
         if args.model == "resnet20":
