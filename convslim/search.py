@@ -160,7 +160,7 @@ def budget_search(model, splits, cfg, make, *, key, header, teacher=None, log_pa
         "probes": len(log.probes), "search_seconds": sum(r["seconds"] for r in log.probes),
         "final_seconds": time.perf_counter() - t_final, "seconds_this_run": time.perf_counter() - t_start,
         "epochs": len(log.probes) * cfg.probe_epochs + cfg.final_epochs,
-        f"chosen_{key}": best_rec[key] if best_rec else 1.0, "log": log.probes,
+        f"chosen_{key}": best_rec[key] if best_rec else 1.0, "max_acc_loss": cfg.max_acc_loss, "log": log.probes,
     }
     summary.update(flops_params(base_counts, count(best, example_input(best))))
     return best, summary, best_rec

@@ -174,9 +174,12 @@ def test_prune_and_auto_commands(digits, tmp_path, capsys):
     capsys.readouterr()
     auto = tmp_path / "auto.pt"
     assert main(["auto", "--model", str(base), "--data", "digits", "--max-acc-loss", "2", "--min-interval", "0.25",
-                 "--probe-epochs", "0.5", "--final-epochs", "0.5", "--out", str(auto)]) == 0
+                 "--probe-epochs", "0.5", "--final-epochs", "0.5", "--out", str(auto),
+                 "--report", str(tmp_path / "auto-report")]) == 0
     out = capsys.readouterr().out
     assert "search cost: 2 probes" in out and auto.exists() and (tmp_path / "auto.pt.search.json").exists()
+    page = (tmp_path / "auto-report" / "report.md").read_text()
+    assert "Search trajectory" in page and (tmp_path / "auto-report" / "search.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize("argv, message", [

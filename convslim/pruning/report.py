@@ -58,7 +58,7 @@ def importance_section(report, model, splits, layer=None, calib_batches=2):
     report.data["importance"] = {"layer": layer, **{f"{a}/{b}": v for (a, b), v in curves.items()}}
 
 
-def search_section(report, probes, base_val, base_flops):
+def search_section(report, probes, base_val, base_flops, max_acc_loss=None):
     if not probes:
         return
     s = report.section("Search trajectory", "Each probe: prune at cr, recover, judge on the validation split.")
@@ -71,7 +71,10 @@ def search_section(report, probes, base_val, base_flops):
     ax1.scatter(crs, [p["val_acc"] for p in probes], c=["g" if p["decision"] == "keep" else "r" for p in probes])
     for p in probes:
         ax1.annotate(str(p["probe"]), (p["cr"], p["val_acc"]), fontsize=7)
-    ax1.axhline(base_val, color="k", lw=0.8, ls="--")
+    ax1.axhline(base_val, color="k", lw=0.8, ls="--", label="base")
+    if max_acc_loss is not None:
+        ax1.axhline(base_val - max_acc_loss, color="g", lw=0.8, ls=":", label="accept above")
+    ax1.legend(fontsize=7, loc="lower right")
     ax1.set_xlabel("cumulative contribution rate cr")
     ax1.set_ylabel("validation accuracy % (green keep, red reject)")
     ax2 = ax1.twinx()
@@ -95,7 +98,8 @@ def write_pruning_report(folder, model, splits, importance, *, summary=None, tit
     report = Report(folder, title)
     if summary:
         result_section(report, summary)
-        search_section(report, summary.get("log", []), summary["base_val_acc"], summary["base_flops"])
+        search_section(report, summary.get("log", []), summary["base_val_acc"], summary["base_flops"],
+                       summary.get("max_acc_loss"))
     channels_section(report, model, importance)
     importance_section(report, model, splits)
     if summary:
