@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import torch_pruning as tp
 
 from ..errors import ConvslimError
-from .importance import contributions, following_bn, permutation_importance
+from .importance import contributions, following_bn, forward_with_hooks, permutation_importance
 from .retention import group_contributions, normalised
 
 TP_CRITERIA = {
@@ -62,7 +62,6 @@ def hrank_scores(model, layers, batches, graph):
     """HRank: the average rank of each channel's feature map after its BatchNorm and ReLU."""
     modules = dict(model.named_modules())
     sums = {n: None for n in layers}
-    images = 0
 
     def hook(name):
         bn = following_bn(graph, modules[name])
@@ -76,15 +75,7 @@ def hrank_scores(model, layers, batches, graph):
             sums[name] = rank if sums[name] is None else sums[name] + rank
         return record
 
-    hooks = [modules[n].register_forward_hook(hook(n)) for n in layers]
-    model.eval()
-    try:
-        for x in batches:
-            model(x)
-            images += x.shape[0]
-    finally:
-        for h in hooks:
-            h.remove()
+    images = forward_with_hooks(model, {n: hook(n) for n in layers}, batches)
     return {n: (s / images).cpu() for n, s in sums.items()}
 
 

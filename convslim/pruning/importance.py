@@ -85,6 +85,26 @@ def expected_change(x, weight, conv):
     return (mean_term + var_term).sum(dim=(0, 2, 3))
 
 
+def forward_with_hooks(model, hooks, batches):
+    """Run the model in eval mode over `batches` with forward hooks {layer name: hook} attached;
+    the hooks do the measuring. Returns the number of images seen."""
+    modules = dict(model.named_modules())
+    handles = [modules[name].register_forward_hook(fn) for name, fn in hooks.items()]
+    was_training = model.training
+    model.eval()
+    images = 0
+    try:
+        with torch.no_grad():
+            for x in batches:
+                model(x)
+                images += x.shape[0]
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return images
+
+
 def following_bn(graph, module):
     """The BatchNorm that directly consumes this layer's output, if any (via the traced graph)."""
     node = graph.module2node.get(module)
@@ -118,7 +138,7 @@ def permutation_importance(model, layers, inputs, *, perm="shuffle", estimator="
     if samples < 1:
         raise ConvslimError(f"samples must be at least 1, got {samples}")
     modules = dict(model.named_modules())
-    plans, totals, hooks = {}, {}, []
+    plans, totals = {}, {}
     closed_form = perm == "shuffle" and estimator == "expected"
     for name in layers:
         weight, conv = as_conv(modules[name])
@@ -139,20 +159,7 @@ def permutation_importance(model, layers, inputs, *, perm="shuffle", estimator="
             totals[name] += d.double().cpu()
         return accumulate
 
-    for name in layers:
-        hooks.append(modules[name].register_forward_hook(hook(name)))
-    images = 0
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for x in inputs:
-                model(x)
-                images += x.shape[0]
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    images = forward_with_hooks(model, {name: hook(name) for name in layers}, inputs)
     if images == 0:
         raise ConvslimError("no calibration images: importance needs at least one batch")
     scores = {name: (t / images).float() for name, t in totals.items()}
@@ -172,13 +179,7 @@ def loop_importance(model, layer, inputs, *, perm="shuffle", seed=0):
     weight, conv = as_conv(module)
     destroyed = destroyed_weights(weight, perm, layer_generator(seed, layer))
     captured = []
-    h = module.register_forward_hook(lambda m, a, o: captured.append(as_image(m, a[0].detach())))
-    model.eval()
-    with torch.no_grad():
-        for x in inputs:
-            model(x)
-    h.remove()
-    images = sum(x.shape[0] for x in captured)
+    images = forward_with_hooks(model, {layer: lambda m, a, o: captured.append(as_image(m, a[0].detach()))}, inputs)
     d = torch.zeros(weight.shape[0], dtype=torch.float64)
     with torch.no_grad():
         for i in range(weight.shape[0]):
