@@ -71,8 +71,16 @@ def _schedule(cfg, optimizer, total_steps):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
 
 
-def _memory_format(cfg, device):
-    return torch.channels_last if cfg.channels_last and device.type == "cpu" else torch.contiguous_format
+def _channels_last_safe(model):
+    """torch 2.13's one-thread CPU backward of a strided 1x1 conv in channels_last corrupts the heap
+    when the conv has fewer than 7 input channels, which heavily pruned shortcuts do."""
+    return not any(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1)
+                   and m.in_channels < 8 for m in model.modules())
+
+
+def _memory_format(cfg, device, model):
+    use = cfg.channels_last and device.type == "cpu" and _channels_last_safe(model)
+    return torch.channels_last if use else torch.contiguous_format
 
 
 def fit(model, splits, cfg=None, *, loss_fn=None, validate=True):
@@ -85,7 +93,7 @@ def fit(model, splits, cfg=None, *, loss_fn=None, validate=True):
     device = dist.pick_device(cfg.device)
     rank, world = dist.setup(device)
     torch.manual_seed(cfg.seed)
-    fmt = _memory_format(cfg, device)
+    fmt = _memory_format(cfg, device, model)
     model.to(device=device, memory_format=fmt)
     net = dist.wrap(model, device)
     loss_fn = loss_fn or cross_entropy(cfg.label_smoothing)

@@ -55,3 +55,18 @@ def test_bn_recalibration_restores_statistics(digits):
     assert convslim.evaluate(model, digits, "val")["top1"] < ref - 10
     convslim.recalibrate_bn(model, digits, batches=10, batch_size=64)
     assert convslim.evaluate(model, digits, "val")["top1"] > ref - 3
+
+
+def test_thin_strided_shortcut_trains_on_one_thread(digits):
+    """A pruned shortcut (1x1, stride 2, 4 input channels) once crashed torch's one-thread
+    channels_last backward; fit must fall back to the contiguous layout and train."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                torch.nn.Conv2d(4, 8, 1, stride=2), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        convslim.fit(model, digits, TrainConfig(epochs=5, lr=0.2, progress=False), validate=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert convslim.evaluate(model, digits, "test")["top1"] > 20   # chance is 10
