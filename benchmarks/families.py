@@ -9,7 +9,7 @@ net's width are chosen to land near it (no training needed to pick them: FLOPs a
     python benchmarks/families.py                                   # resnet20 and vgg16@0.25 on CIFAR-10
     python benchmarks/families.py --models resnet20 --epochs 30 --ft-epochs 5
     python benchmarks/families.py --quick                           # digits, tiny budgets: a smoke run
-Writes benchmarks/results/families.{md,json} (families_quick.* with --quick).
+Writes benchmarks/results/families.{md,json} (--name to choose; families_quick.* with --quick).
 """
 import argparse
 import sys
@@ -175,6 +175,7 @@ def main():
     ap.add_argument("--device", default="auto")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--quick", action="store_true", help="digits, digits_resnet, tiny budgets (smoke run)")
+    ap.add_argument("--name", default="families", help="results/<name>.{md,json}")
     args = ap.parse_args()
     if args.quick:
         args.models, args.data, args.compact = "digits_resnet", "digits", "mobilenetv1"
@@ -200,7 +201,7 @@ def main():
                  "its FLOPs and latency are the original's. Decomposition energies and the compact net's width are "
                  "picked by counting FLOPs to match the auto-pruned model; the separable conversion's FLOPs follow "
                  "from the architecture.")
-    write_results("families_quick" if args.quick else "families",
+    write_results("families_quick" if args.quick else args.name,
                   {"args": vars(args), "results": results}, "\n".join(parts))
 
 
