@@ -18,7 +18,8 @@ def add_importance_args(p):
                    help="shuffle: closed-form expectation or sampled permutations")
     p.add_argument("--samples", type=int, default=1, help="sampled permutations per kernel (estimator sample)")
     p.add_argument("--input", choices=["data", "random"], default="data", help="feature maps from real or random images")
-    p.add_argument("--measure", choices=MEASURES, default="bn", help="change measured at the conv or after its BatchNorm")
+    p.add_argument("--measure", choices=MEASURES, default=PermutationOptions.measure,
+                   help="change measured at the conv (default) or after its BatchNorm")
     p.add_argument("--calib-batches", type=int, default=4, help="training batches used for scoring")
     p.add_argument("--multiple", type=int, default=1, help="round channel counts up to a multiple")
 

@@ -31,7 +31,7 @@ class PermutationOptions:
     perm: str = "shuffle"
     estimator: str = "expected"
     samples: int = 1
-    measure: str = "bn"
+    measure: str = "conv"      # conv output (thesis): bn scored worse in benchmarks/RESULTS.md, table 2
     input: str = "data"        # data | random
     seed: int = 0
 
