@@ -17,7 +17,7 @@ from pruning_tables import CACHE, RATIOS, THESIS  # noqa: E402
 OUT = Path(__file__).resolve().parent / "RESULTS.md"
 FIGS = RESULTS / "pruning"
 FINDINGS = FIGS / "findings.md"   # hand-written reading of the tables, quoted at the top
-CMD = "python benchmarks/pruning_tables.py"
+CMD = "python pruning_tables.py"
 
 
 def load(table):
@@ -29,7 +29,8 @@ def commands(table):
     """How the table's cached runs were made, as a Markdown list."""
     path = CACHE / f"{table}.json"
     lines = json.loads(path.read_text()).get("commands", []) if path.exists() else []
-    return "Made by:\n\n" + "\n".join(f"    {c}" for c in lines) + "\n\n" if lines else ""
+    lines = [c.replace("python benchmarks/pruning_tables.py", "python pruning_tables.py") for c in lines]
+    return "Made by (in benchmarks/):\n\n" + "\n".join(f"    {c}" for c in lines) + "\n\n" if lines else ""
 
 
 def change(acc, base):
@@ -42,7 +43,7 @@ def base_tables(base):
              "{epochs:g} epochs, SGD lr {lr:g} {schedule}, batch {batch_size}".format(**r["recipe"]) if r["recipe"] else "?",
              f"{r['train_seconds']:.0f}" if r["train_seconds"] else "?"] for name, r in base.items()]
     return ("## 1. Base models\n\nTrained by `convslim train` (the commands are in benchmarks/README.md); "
-            "validation is 10% of the training set, held out, and test is CIFAR-10's own test set. "
+            "validation is 10% of the training set, held out, and test is CIFAR-10's own test set.\n\n"
             + commands("base")
             + markdown_table(["model", "architecture", "params", "FLOPs", "test top-1 %", "val top-1 %", "recipe",
                               "train seconds"], rows))
@@ -202,13 +203,18 @@ def proxy_table(runs):
         test = [r["test"] for r in rs]
         rows.append([label, len(rs), f"{spearmanr([r['bn_val'] for r in rs], test)[0]:.3f}",
                      f"{spearmanr([r['probe_val'] for r in rs], test)[0]:.3f}",
-                     f"{spearmanr([r['val'] for r in rs], test)[0]:.3f}"])
-    epochs = with_probe[0]
+                     f"{spearmanr([r['val'] for r in rs], test)[0]:.3f}",
+                     f"{statistics.mean(r['test'] - r['probe_val'] for r in rs):+.2f}"])
+    r = with_probe[0]
     return ("## 6. The recovery proxy\n\nOver the criteria runs of table 2 (different criteria at the same FLOPs: a "
             "ranking that is not given by the compression alone), Spearman rank correlation between what a search "
-            "probe sees on the validation split and the test accuracy after the shared fine-tune.\n\n"
+            "probe sees on the validation split and the test accuracy after the shared fine-tune. The probe is a "
+            f"copy given BatchNorm re-estimation and {r['probe_epochs']:g} epoch of fine-tuning (the search's `recover`); "
+            f"the full fine-tune is {r['ft_epochs']:g} epoch from the same start. Runs: table 2's first seed.\n\n"
             + markdown_table(["runs", "n", "BN re-estimation only", "BN + short fine-tune (probe)",
-                              "val after full fine-tune"], rows)), epochs
+                              "val after full fine-tune", "mean test after full fine-tune - probe val"], rows)
+            + "\n\nThe last column is how far the probe's reading sits below the accuracy the model reaches after "
+              "its full fine-tune: the search judges probes by that reading, so a short probe makes it cautious."), r
 
 
 def render():

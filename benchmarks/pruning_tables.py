@@ -2,13 +2,14 @@
 on CIFAR-10, one subcommand per table. Every run is cached in results/pruning/<table>.json as soon
 as it finishes (a table can be completed over several runs; done runs are skipped), and `render`
 rebuilds benchmarks/RESULTS.md, results/pruning.json and the plots from the caches alone.
+Run from benchmarks/ (the model paths below are relative to it):
 
-    python benchmarks/pruning_tables.py base --models ../runs/r20.pt,../runs/vgg16w25.pt
-    python benchmarks/pruning_tables.py criteria --model ../runs/r20.pt --levels 50,70 --seeds 0,1
-    python benchmarks/pruning_tables.py ablations --model ../runs/vgg16w25.pt
-    python benchmarks/pruning_tables.py auto --models ../runs/r20.pt,../runs/vgg16w25.pt
-    python benchmarks/pruning_tables.py speed
-    python benchmarks/pruning_tables.py render
+    python pruning_tables.py base --models ../runs/r20.pt,../runs/vgg16w25.pt
+    python pruning_tables.py criteria --model ../runs/r20.pt --levels 50,70 --seeds 0,1
+    python pruning_tables.py ablations --model ../runs/vgg16w25.pt
+    python pruning_tables.py auto --models ../runs/r20.pt,../runs/vgg16w25.pt
+    python pruning_tables.py speed
+    python pruning_tables.py render
 """
 import argparse
 import copy
@@ -68,7 +69,7 @@ class Cache:
 
     def command(self):
         """The command line of this process, as the rendered table quotes it."""
-        line = " ".join(["python benchmarks/pruning_tables.py", *sys.argv[1:]])
+        line = " ".join(["python pruning_tables.py", *sys.argv[1:]])
         if line not in self.commands:
             self.commands.append(line)
 
@@ -118,7 +119,7 @@ def finetune(slim, splits, args, seed):
     if args.proxy_epochs > 0 and seed in args.proxy_seeds:
         probe = recover(copy.deepcopy(slim), splits, SearchConfig(probe_epochs=args.proxy_epochs, lr=args.lr,
                                                                   seed=seed, device=args.device))
-        out["probe_val"] = evaluate(probe, splits, "val")["top1"]
+        out.update(probe_val=evaluate(probe, splits, "val")["top1"], probe_epochs=args.proxy_epochs)
     fit(slim, splits, TrainConfig(epochs=args.ft_epochs, lr=args.lr, seed=seed, device=args.device, progress=False),
         validate=False)
     slim.cpu().eval()
