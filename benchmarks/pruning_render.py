@@ -1,6 +1,7 @@
 """Rebuild benchmarks/RESULTS.md, results/pruning.json and the plots from the cached runs of
 pruning_tables.py alone (nothing is recomputed)."""
 import json
+import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -134,7 +135,7 @@ def ablation_tables(runs, base):
             + markdown_table(["ratio", "random images", "data", "thesis random", "thesis data"], t34)
             + "\n\n### Table 4-1: one global ratio against the cumulative contribution rate, at matched FLOPs\n\n"
               "Each global ratio is chosen (by counting FLOPs) to match the cr row above it; importance is convslim's "
-              "default (expected shuffle, bn measure).\n\n"
+              "default (expected shuffle, conv measure).\n\n"
             + markdown_table(["rule", "test change %", "FLOPs reduction %", "params reduction %"], t41)
             + "\n\nThesis (VGG16, reference): "
             + "; ".join(f"{r[0]}: {r[1]}, FLOPs -{r[2]}%, params -{r[3]}%" for r in THESIS["4-1"])
@@ -145,7 +146,7 @@ def figure_4_4(runs):
     figs = sorted((r for r in runs.values() if r["table"] == "fig 4-4"), key=lambda r: -r["cr"])
     if not figs:
         return
-    layers = list(figs[0]["kept"])
+    layers = sorted(figs[0]["kept"], key=lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)])
     fig, ax = plt.subplots(figsize=(10, 4))
     for r in figs:
         ax.plot(range(len(layers)), [r["kept"][n] for n in layers], marker=".", label=f"cr {r['cr']:g}")
