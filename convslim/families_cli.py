@@ -11,6 +11,7 @@ from .cli import _positive_int, add_data_args, add_model_args, open_data, open_m
 from .errors import ConvslimError
 from .fileio import check_output_path, write_text_atomic
 from .metrics import count
+from .search import SearchConfig
 
 
 def _inputs(args):
@@ -148,7 +149,7 @@ def print_layers(rows):
 def cmd_decompose(args):
     from .decomposition import auto_decompose, decompose
     from .decomposition.report import report_section
-    from .search import SearchConfig, flops_params
+    from .search import flops_params
     from .train import evaluate, fit
 
     layers = [x.strip() for x in args.layers.split(",")] if args.layers else None
@@ -311,7 +312,7 @@ def register(sub):
     p.add_argument("--auto", action="store_true", help="search the energy within --max-acc-loss")
     p.add_argument("--max-acc-loss", type=float, default=1.0)
     p.add_argument("--min-interval", type=float, default=0.01)
-    p.add_argument("--probe-epochs", type=float, default=1.0)
+    p.add_argument("--probe-epochs", type=float, default=SearchConfig.probe_epochs)
     p.add_argument("--final-epochs", type=float, default=10.0)
     p.add_argument("--distill", action="store_true", help="fine-tunes learn from the original (KD)")
     p.add_argument("--log", help="search log (default OUT.search.json); an existing one is resumed")

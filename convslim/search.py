@@ -31,7 +31,7 @@ from .train import TrainConfig, evaluate, fit, recalibrate_bn
 class SearchConfig:
     max_acc_loss: float = 1.0      # accepted validation accuracy loss, percentage points
     min_interval: float = 0.01     # stop when the search interval is this narrow
-    probe_epochs: float = 1.0      # short fine-tune of each probe after BN re-estimation
+    probe_epochs: float = 0.5      # fine-tune per probe after BN re-estimation (benchmarks/RESULTS.md)
     bn_batches: int = 20           # batches for BatchNorm statistics re-estimation
     final_epochs: float = 10.0     # fine-tune of the chosen candidate
     lr: float = 0.01               # fine-tuning learning rate (probes and final)

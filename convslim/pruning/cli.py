@@ -7,6 +7,7 @@ from ..checkpoint import save
 from ..cli import add_data_args, add_model_args, open_model_and_data
 from ..errors import ConvslimError
 from ..fileio import check_output_path, write_text_atomic
+from ..search import SearchConfig
 from .criteria import CRITERIA, PermutationOptions
 from .importance import ESTIMATORS, MEASURES, PERMS
 
@@ -123,7 +124,7 @@ def finish(args, out, summary, model, splits, imp, with_search):
 
 def cmd_auto(args):
     from .prune import channel_importance
-    from .search import SearchConfig, auto_prune
+    from .search import auto_prune
 
     cfg = SearchConfig(max_acc_loss=args.max_acc_loss, min_interval=args.min_interval,
                        probe_epochs=args.probe_epochs, final_epochs=args.final_epochs, lr=args.lr,
@@ -188,7 +189,7 @@ def register(sub):
     add_data_args(p, required=True)
     p.add_argument("--max-acc-loss", type=float, default=1.0, help="accepted accuracy loss, percentage points")
     p.add_argument("--min-interval", type=float, default=0.01, help="search resolution on cr")
-    p.add_argument("--probe-epochs", type=float, default=1.0, help="fine-tune per probe after BN re-estimation")
+    p.add_argument("--probe-epochs", type=float, default=SearchConfig.probe_epochs, help="fine-tune per probe after BN re-estimation")
     p.add_argument("--final-epochs", type=float, default=10.0, help="fine-tune of the chosen model")
     p.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate")
     p.add_argument("--batch-size", type=int, default=128)
