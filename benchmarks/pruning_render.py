@@ -187,7 +187,7 @@ def speed_table(runs):
                        for k in ("torch_b1_ms", "torch_b64_ms", "ort_b1_ms", "ort_b64_ms")])
     return ("## 5. Real speed on this CPU\n\n"
             + commands("speed") + "Every pruned model saved by the tables above is timed against its base in one process "
-            "(median of 30 runs, all threads). Cells: base ms / pruned ms = measured speed-up.\n\n"
+            "(each figure the median of 3 alternating rounds of 30 runs, 2 threads). Cells: base ms / pruned ms = measured speed-up.\n\n"
             + markdown_table(["pruned model", "FLOPs ratio", "PyTorch batch 1", "PyTorch batch 64",
                               "ONNX Runtime batch 1", "ONNX Runtime batch 64"], rows))
 

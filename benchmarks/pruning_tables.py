@@ -14,6 +14,7 @@ Run from benchmarks/ (the model paths below are relative to it):
 import argparse
 import copy
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ from convslim.checkpoint import example_input, record_of
 from convslim.fileio import write_text_atomic
 from convslim.metrics import count, latency
 from convslim.pruning.criteria import PermutationOptions
-from convslim.pruning.prune import apply_rule, channel_importance, kept_per_layer
+from convslim.pruning.prune import apply_rule, channel_importance
 from convslim.search import SearchConfig, flops_params, recover
 from convslim.session import data_for
 from convslim.train import TrainConfig, evaluate, fit
@@ -219,6 +220,16 @@ def cmd_auto(args):
                         **{k: v for k, v in s.items() if k not in ("base_channels",)}})
 
 
+def interleaved_latency(models, shape, repeats, rounds):
+    """Each model's latency as the median over `rounds` alternating rounds, so a slow spell on a
+    shared CPU hits base and pruned alike."""
+    runs = [[] for _ in models]
+    for _ in range(rounds):
+        for i, m in enumerate(models):
+            runs[i].append(latency(m, shape, repeats=repeats))
+    return [{k: statistics.median(r[k] for r in rs) for k in rs[0]} for rs in runs]
+
+
 def cmd_speed(args):
     """Latency of each saved pruned model against its base, same process, interleaved."""
     cache = Cache("speed")
@@ -229,8 +240,7 @@ def cmd_speed(args):
             continue
         model, slim = convslim.load(base[name]["path"]), convslim.load(pruned)
         shape = record_of(model).input_shape
-        lat_base = latency(model, shape, repeats=args.repeats)
-        lat_slim = latency(slim, shape, repeats=args.repeats)
+        lat_base, lat_slim = interleaved_latency((model, slim), shape, args.repeats, args.rounds)
         cache.put(pruned.stem, {"base": name, **pruned_row(model, slim), "base_latency": lat_base, "latency": lat_slim})
 
 
@@ -260,6 +270,7 @@ def main():
             p.add_argument("--final-epochs", type=float, default=3.0)
         if table == "speed":
             p.add_argument("--repeats", type=int, default=30)
+            p.add_argument("--rounds", type=int, default=3, help="alternating base/pruned rounds")
             p.add_argument("--redo", action="store_true")
     args = ap.parse_args()
     if getattr(args, "variants", None):
