@@ -195,7 +195,7 @@ def speed_table(runs):
 def proxy_table(runs):
     with_probe = [r for r in runs.values() if "probe_val" in r]
     if len(with_probe) < 3:
-        return "## 6. The recovery proxy\n\nNot run yet.", None
+        return "## 6. The recovery proxy\n\nNot run yet."
     rows, groups = [], defaultdict(list)
     for r in with_probe:
         groups[f"{r['model']}, about {r['level']}% fewer FLOPs"].append(r)
@@ -215,7 +215,7 @@ def proxy_table(runs):
             + markdown_table(["runs", "n", "BN re-estimation only", "BN + short fine-tune (probe)",
                               "val after full fine-tune", "mean test after full fine-tune - probe val"], rows)
             + "\n\nThe last column is how far the probe's reading sits below the accuracy the model reaches after "
-              "its full fine-tune: the search judges probes by that reading, so a short probe makes it cautious."), r
+              "its full fine-tune: the search judges probes by that reading, so a short probe makes it cautious.")
 
 
 def render():
@@ -225,7 +225,7 @@ def render():
     if summary:
         criteria_plot(summary, crit)
     figure_4_4(abl)
-    proxy_md, _ = proxy_table(crit)
+    proxy_md = proxy_table(crit)
     md = "\n\n".join([
         "# Pruning benchmarks on CIFAR-10 (issue 4)\n\nEvery figure below comes from the cached runs in "
         "`benchmarks/results/pruning/*.json`, made by the commands given with each table, and rendered by "

@@ -117,9 +117,9 @@ def finetune(slim, splits, args, seed):
     t0 = time.perf_counter()
     recover(slim, splits, cfg)
     out = {"bn_val": evaluate(slim, splits, "val")["top1"]}
-    if args.proxy_epochs > 0 and seed in args.proxy_seeds:
-        probe = recover(copy.deepcopy(slim), splits, SearchConfig(probe_epochs=args.proxy_epochs, lr=args.lr,
-                                                                  seed=seed, device=args.device))
+    if args.proxy_epochs > 0 and seed in args.proxy_seeds:   # the search's probe: BN done, then a short fit
+        probe = copy.deepcopy(slim)
+        fit(probe, splits, cfg.train_config(args.proxy_epochs), validate=False)
         out.update(probe_val=evaluate(probe, splits, "val")["top1"], probe_epochs=args.proxy_epochs)
     fit(slim, splits, TrainConfig(epochs=args.ft_epochs, lr=args.lr, seed=seed, device=args.device, progress=False),
         validate=False)
@@ -266,7 +266,7 @@ def main():
         if table == "ablations":
             p.add_argument("--crs", type=lambda s: [float(x) for x in s.split(",")], default=[0.9, 0.8, 0.6, 0.4])
         if table == "auto":
-            p.add_argument("--probe-epochs", type=float, default=1.0)
+            p.add_argument("--probe-epochs", type=float, default=SearchConfig.probe_epochs)
             p.add_argument("--final-epochs", type=float, default=3.0)
         if table == "speed":
             p.add_argument("--repeats", type=int, default=30)
