@@ -6,6 +6,8 @@ Run from benchmarks/ (the model paths below are relative to it):
 
     python pruning_tables.py base --models ../runs/r20.pt,../runs/vgg16w25.pt
     python pruning_tables.py criteria --model ../runs/r20.pt --levels 50,70 --seeds 0,1
+    python pruning_tables.py criteria --model ../../shared/bases/resnet20-cifar10-70ep.pt --levels 50 \
+        --seeds 0,1,2 --ft-epochs 5 --cache criteria_recovery --variants "perm expected conv,tp l1,..."
     python pruning_tables.py ablations --model ../runs/vgg16w25.pt
     python pruning_tables.py auto --models ../runs/r20.pt,../runs/vgg16w25.pt
     python pruning_tables.py speed
@@ -146,7 +148,7 @@ def cmd_base(args):
 
 
 def cmd_criteria(args):
-    cache = Cache("criteria")
+    cache = Cache(args.cache or "criteria")
     model, splits, name = open_model(args.model, args.data)
     base_flops = counts(model)["flops"]
     for seed in args.seeds:
@@ -263,6 +265,8 @@ def main():
         if table == "criteria":
             p.add_argument("--levels", type=lambda s: [int(x) for x in s.split(",")], default=[50, 70])
             p.add_argument("--variants", type=lambda s: s.split(","), default=list(VARIANTS))
+            p.add_argument("--cache", help="cache table name (default criteria); a real-recovery table "
+                                            "keeps its runs apart from the short-budget one")
         if table == "ablations":
             p.add_argument("--crs", type=lambda s: [float(x) for x in s.split(",")], default=[0.9, 0.8, 0.6, 0.4])
         if table == "auto":
