@@ -12,13 +12,14 @@ registered in `EDIT_REPLAYERS`.
 """
 import copy
 import importlib
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .errors import ConvslimError
-from .fileio import atomic_path, check_output_path
+from .fileio import check_output_path, torch_save_atomic
 
 FORMAT = "convslim-checkpoint/1"
 RECORD_ATTR = "convslim_record"
@@ -62,9 +63,21 @@ def record_of(model):
     return rec
 
 
-def example_input(model, batch=1, device="cpu"):
-    """A random input of the recorded shape, for tracing, export and latency."""
-    return torch.randn(batch, *record_of(model).input_shape, device=device)
+def device_of(model):
+    """The device a model's weights live on (its first parameter or buffer; CPU when it has none).
+
+    Every tensor convslim makes for a model (example inputs, calibration batches, accumulators)
+    is made on this device, so a model on CUDA is never fed or combined with CPU tensors.
+    """
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def example_input(model, batch=1, device=None):
+    """A random input of the recorded shape, for tracing, export and latency; on the model's
+    device unless `device` is given."""
+    return torch.randn(batch, *record_of(model).input_shape, device=device or device_of(model))
 
 
 def save(model, path, *, inputs=(), **meta):
@@ -75,8 +88,7 @@ def save(model, path, *, inputs=(), **meta):
     rec.meta.update(meta)
     payload = {"format": FORMAT, **copy.deepcopy(rec.to_dict()),
                "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
-    with atomic_path(out) as tmp:
-        torch.save(payload, tmp)
+    torch_save_atomic(payload, out)
     return out
 
 
@@ -142,24 +154,38 @@ def replay(model, history, edits, example_input):
     return model
 
 
-def rebuild(payload, source):
-    """A model from a checkpoint dict: architecture, replayed removals and edits, weights."""
-    from .modelspec import build_model
+def rebuild(payload, source, *, model=None, trust_code=False):
+    """A model from a checkpoint dict: architecture, replayed removals and edits, weights.
+
+    The file may name a zoo model. It never chooses other code to run: a model built from a user's
+    factory is rebuilt only on that user's explicit word, by passing the freshly built base `model`
+    (the CLI's `--model file.py:factory --weights m.pt`) or `trust_code=True`.
+    """
+    from .modelspec import build_model, is_zoo
 
     arch = payload["arch"]
-    model = build_model(arch["model"], num_classes=arch["num_classes"],
-                        in_channels=arch["in_channels"], width=arch["width"],
-                        input_shape=payload["input_shape"])
+    spec = str(arch.get("model"))
+    if model is None:
+        if not (is_zoo(spec) or trust_code):
+            raise ConvslimError(f"{source} was made from code outside convslim's zoo ({spec!r}), and a model file "
+                                f"never chooses which code runs: pass that code yourself, --model FILE.py:FACTORY "
+                                f"--weights {source} (Python: convslim.load(path, trust_code=True))")
+        model = build_model(spec, num_classes=arch["num_classes"], in_channels=arch["in_channels"],
+                            width=arch["width"], input_shape=payload["input_shape"], output=arch.get("output"),
+                            check=False)
     edits = [dict(e) for e in payload.get("edits", [])]
-    replay(model, payload["history"], edits, torch.randn(1, *payload["input_shape"]))
+    device = next(model.parameters()).device
+    replay(model, payload["history"], edits, torch.randn(1, *payload["input_shape"], device=device))
     load_state(model, payload["state_dict"], source)
     rec = record_of(model)
+    rec.input_shape = list(payload["input_shape"])
     rec.history = [list(h) for h in payload["history"]]
     rec.edits = edits
     rec.meta = dict(payload.get("meta", {}))
     return model.eval()
 
 
-def load(path):
-    """Rebuild a saved model (architecture, replayed channel removals and edits, weights) in eval mode."""
-    return rebuild(read(path), path)
+def load(path, *, trust_code=False):
+    """Rebuild a saved model (architecture, replayed channel removals and edits, weights) in eval mode.
+    A model made from your own code needs `trust_code=True` (the file names which code to import)."""
+    return rebuild(read(path), path, trust_code=trust_code)

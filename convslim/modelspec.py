@@ -60,19 +60,90 @@ def canonical_spec(spec):
     return spec
 
 
-def build_model(spec, *, num_classes=10, in_channels=3, width=1.0, input_shape=None, weights=None):
-    """Build a fresh model from a spec and attach the record needed to save and reload it."""
+def is_zoo(spec):
+    return spec in models.available()
+
+
+def parse_output(key):
+    """--output as typed: an index for a tuple/list output, a key for a dict output."""
+    if key is None or isinstance(key, int):
+        return key
+    return int(key) if str(key).lstrip("-").isdigit() else str(key)
+
+
+def select_output(model, key):
+    """Make a model whose forward returns a tuple, list or dict return the one tensor `key` names,
+    with a forward hook, so its state dict and layer names stay as they are."""
+    key = parse_output(key)
+
+    def pick(module, inputs, output):
+        try:
+            return output[key]
+        except (IndexError, KeyError, TypeError):
+            raise ConvslimError(f"output {key!r} not found in the model's {type(output).__name__} output") from None
+
+    model.register_forward_hook(pick)
+    return model
+
+
+def check_output(model, input_shape, output=None):
+    """A model convslim can work on returns one tensor; a tuple or dict needs `output` to say which."""
+    was_training = model.training
+    device = next(model.parameters(), torch.empty(0)).device
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, *input_shape, device=device))
+    except ConvslimError:
+        raise
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConvslimError(f"the model fails on an input of shape {tuple(input_shape)}: {msg}") from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor):
+        keys = list(out.keys()) if isinstance(out, dict) else list(range(len(out))) if isinstance(out, (tuple, list)) else []
+        raise ConvslimError(f"the model's forward returns a {type(out).__name__}, not a tensor; choose the "
+                            f"logits with --output KEY (one of {keys[:6]}; in Python: output=KEY)")
+
+
+def build_model(spec, *, num_classes=10, in_channels=3, width=1.0, input_shape=None, weights=None, output=None,
+                check=True):
+    """Build a fresh model from a spec and attach the record needed to save and reload it.
+    `output` picks the tensor to work on when forward returns a tuple, list or dict. `weights` is a
+    state dict, or a convslim .pt made from this same code: its removals and edits are replayed."""
+    if weights is not None and is_convslim_file(weights):
+        from .checkpoint import read, rebuild
+
+        payload = read(weights)
+        arch = payload["arch"]
+        base = build_model(spec, num_classes=arch["num_classes"], in_channels=arch["in_channels"], width=arch["width"],
+                           input_shape=payload["input_shape"], output=arch.get("output") if output is None else output)
+        return rebuild(payload, weights, model=base)
     if ":" in spec and not Path(spec).exists():
         spec = canonical_spec(spec)
         model = _call_factory(_import_factory(spec), spec, num_classes=num_classes,
                               in_channels=in_channels, width=width)
     else:
         model = models.create(spec, num_classes=num_classes, in_channels=in_channels, width=width)
-    if weights is not None:
-        load_state(model, read_weights(weights), weights)
     shape = list(input_shape) if input_shape else [in_channels, 32, 32]
     arch = {"model": spec, "num_classes": num_classes, "in_channels": in_channels, "width": width}
-    return attach(model, Record(arch=arch, input_shape=shape))
+    if output is not None:
+        select_output(model, output)
+        arch["output"] = parse_output(output)
+    if check:
+        check_output(model, shape)
+    attach(model, Record(arch=arch, input_shape=shape))
+    if weights is not None:
+        load_state(model, read_weights(weights), weights)
+    return model
+
+
+def is_convslim_file(path):
+    from .checkpoint import FORMAT, load_safely
+
+    payload = load_safely(path, "weights file")
+    return isinstance(payload, dict) and payload.get("format") == FORMAT
 
 
 def read_weights(path):

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .checkpoint import example_input, load, save
 from .distill import kd_loss_fn
+from .distributed import pick_device
 from .errors import ConvslimError
 from .fileio import write_text_atomic
 from .metrics import count
@@ -63,7 +64,8 @@ class SearchConfig:
 
 def recover(model, splits, cfg, progress=False):
     """Make a probe judgeable: re-estimate BN statistics, then a short fine-tune."""
-    recalibrate_bn(model, splits, batches=cfg.bn_batches, batch_size=cfg.batch_size, seed=cfg.seed)
+    recalibrate_bn(model, splits, batches=cfg.bn_batches, batch_size=cfg.batch_size, seed=cfg.seed,
+                   device=pick_device(cfg.device))
     if cfg.probe_epochs > 0:
         fit(model, splits, cfg.train_config(cfg.probe_epochs, progress), validate=False)
     return model
@@ -76,7 +78,13 @@ class SearchLog:
         self.path = Path(path) if path else None
         self.data = {"header": header, "probes": []}
         if self.path and self.path.exists():
-            old = json.loads(self.path.read_text())
+            try:
+                old = json.loads(self.path.read_text())
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                raise ConvslimError(f"{self.path} is not a search log (not JSON); remove it or choose "
+                                    f"another --log") from None
+            if not isinstance(old, dict) or not isinstance(old.get("probes"), list):
+                raise ConvslimError(f"{self.path} is not a search log; remove it or choose another --log")
             if old.get("header") != header:
                 raise ConvslimError(f"search log {self.path} belongs to another run (different model or "
                                     f"settings); remove it or choose another --log")
@@ -109,8 +117,9 @@ def budget_search(model, splits, cfg, make, *, key, header, teacher=None, log_pa
     (fine-tuned best model, summary, the best probe's record or None)."""
     cfg = cfg.check()
     t_start = time.perf_counter()
-    model = model.cpu().eval()
-    base_val = evaluate(model, splits, "val")["top1"]
+    device = pick_device(cfg.device)   # every probe, fine-tune and score runs here; the result stays here
+    model = model.to(device).eval()
+    base_val = evaluate(model, splits, "val", device=device)["top1"]
     log = SearchLog(log_path, {**header, "config": asdict(cfg), "base_val_acc": round(base_val, 6)})
     base_counts = count(model, example_input(model))
     lo, hi, best, best_rec = 0.0, 1.0, None, None
@@ -120,13 +129,13 @@ def budget_search(model, splits, cfg, make, *, key, header, teacher=None, log_pa
             lo, hi = (lo, rec[key]) if rec["decision"] == "keep" else (rec[key], hi)
         kept = [r for r in log.probes if r["decision"] == "keep"]
         if kept and log.candidate_path.exists():
-            best, best_rec = load(log.candidate_path), min(kept, key=lambda r: r["flops"])
+            best, best_rec = load(log.candidate_path, trust_code=True).to(device), min(kept, key=lambda r: r["flops"])
     while hi - lo > cfg.min_interval + 1e-12:
         value = (lo + hi) / 2
         t0 = time.perf_counter()
         cand, fields = make(value)
         recover(cand, splits, cfg)
-        val = evaluate(cand, splits, "val")["top1"]
+        val = evaluate(cand, splits, "val", device=device)["top1"]
         counts = count(cand, example_input(cand))
         ok = val + cfg.max_acc_loss >= base_val
         rec = {"probe": len(log.probes) + 1, key: value, **fields, "flops": counts["flops"],
@@ -146,20 +155,23 @@ def budget_search(model, splits, cfg, make, *, key, header, teacher=None, log_pa
                  f"FLOPs -{100 * (1 - counts['flops'] / base_counts['flops']):.1f}%  {rec['decision']}  "
                  f"{rec['seconds']:.1f}s")
     if best is None:
-        echo("no probe stayed within the accuracy budget: the model is returned unchanged")
+        echo("no probe stayed within the accuracy budget: nothing is pruned, nothing is fine-tuned; "
+             "the model is returned as it came (try a larger --max-acc-loss or longer --probe-epochs)")
         best = copy.deepcopy(model)
     t_final = time.perf_counter()
     teacher = teacher if teacher is not None else (copy.deepcopy(model) if cfg.distill else None)
-    if cfg.final_epochs > 0:
+    if best_rec is not None and cfg.final_epochs > 0:
         fit(best, splits, cfg.train_config(cfg.final_epochs, progress), validate=False,
             loss_fn=kd_loss_fn(teacher) if teacher is not None else None)
-    best = best.cpu().eval()
+    best = best.eval()
     summary = {
-        "base_val_acc": base_val, "final_val_acc": evaluate(best, splits, "val")["top1"],
-        "base_test_acc": evaluate(model, splits, "test")["top1"], "test_acc": evaluate(best, splits, "test")["top1"],
+        "base_val_acc": base_val, "final_val_acc": evaluate(best, splits, "val", device=device)["top1"],
+        "base_test_acc": evaluate(model, splits, "test", device=device)["top1"],
+        "test_acc": evaluate(best, splits, "test", device=device)["top1"],
         "probes": len(log.probes), "search_seconds": sum(r["seconds"] for r in log.probes),
         "final_seconds": time.perf_counter() - t_final, "seconds_this_run": time.perf_counter() - t_start,
-        "epochs": len(log.probes) * cfg.probe_epochs + cfg.final_epochs,
+        "epochs": len(log.probes) * cfg.probe_epochs + (cfg.final_epochs if best_rec is not None else 0),
+        "pruned": best_rec is not None,
         f"chosen_{key}": best_rec[key] if best_rec else 1.0, "max_acc_loss": cfg.max_acc_loss, "log": log.probes,
     }
     summary.update(flops_params(base_counts, count(best, example_input(best))))

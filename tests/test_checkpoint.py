@@ -60,8 +60,36 @@ def test_user_factory_file_round_trip(tmp_path, monkeypatch):
     model = convslim.build_model(f"{src}:make", num_classes=4, in_channels=1, input_shape=[1, 8, 8])
     convslim.save(model, tmp_path / "mine.pt")
     monkeypatch.chdir("/")
-    again = convslim.load(tmp_path / "mine.pt")
+    with pytest.raises(ConvslimError, match="never chooses which code runs"):
+        convslim.load(tmp_path / "mine.pt")
+    again = convslim.load(tmp_path / "mine.pt", trust_code=True)
     assert again(torch.randn(2, 1, 8, 8)).shape == (2, 4)
+    # the CLI's explicit way: the user names the code, the file gives the weights
+    same = convslim.build_model(f"{src}:make", num_classes=4, in_channels=1, input_shape=[1, 8, 8],
+                                weights=tmp_path / "mine.pt")
+    for a, b in zip(again.state_dict().values(), same.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("spec", ["os:abort", "pdb:set_trace", "this:x", "convslim.cli:main"])
+def test_a_model_file_never_chooses_code(tmp_path, spec, capsys):
+    """A checkpoint naming any code outside the zoo is refused before anything is imported."""
+    import sys
+
+    from convslim.cli import main
+
+    model = small()
+    path = tmp_path / "evil.pt"
+    convslim.save(model, path)
+    payload = torch.load(path, weights_only=True)
+    payload["arch"]["model"] = spec
+    torch.save(payload, path)
+    sys.modules.pop("this", None)
+    with pytest.raises(ConvslimError, match="never chooses which code runs"):
+        convslim.load(path)
+    assert main(["eval", "--model", str(path), "--data", "digits"]) == 2
+    assert "never chooses which code runs" in capsys.readouterr().err
+    assert "this" not in sys.modules
 
 
 def test_weights_file_loads_and_mismatch_is_named(tmp_path):

@@ -7,6 +7,7 @@ and member layers whose output channels it owns; a group channel's contribution 
 the members' per-layer contributions P, renormalised to sum to 1 over the group.
 """
 import math
+import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -47,9 +48,11 @@ def coupled_groups(model, graph):
     names = {m: n for n, m in model.named_modules()}
     head = classifier_name(model)
     ignored = [dict(model.named_modules())[head]] if head else []
-    groups = []
+    groups, grouped = [], set()
     for tp_group in graph.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)):
-        if any(_uneven_grouped_conv(item.dep.target.module) for item in tp_group):
+        bound = [names[item.dep.target.module] for item in tp_group if _uneven_grouped_conv(item.dep.target.module)]
+        if bound:
+            grouped.update(bound)
             continue
         root_module = tp_group[0].dep.target.module
         members = []
@@ -62,6 +65,9 @@ def coupled_groups(model, graph):
                                        members=members, tp_group=tp_group))
     if not groups:
         raise ConvslimError("the model has no prunable conv or linear channels")
+    if grouped:
+        print(f"convslim: note: channels bound to grouped convs ({', '.join(sorted(grouped))}) are not pruned: "
+              f"removing them would break the conv groups", file=sys.stderr)
     return groups
 
 
@@ -122,6 +128,16 @@ def keep_ratio(p, ratio, multiple=1):
     return sorted(order[:k].tolist())
 
 
+def keep_every_member(keep, group, p):
+    """Each member layer keeps at least one of its channels: in a concatenation a group spans
+    several branches, and a group-wide rule could otherwise empty one branch entirely."""
+    keep = set(keep)
+    for _, _, root_idxs in group.members:
+        if root_idxs and not keep.intersection(root_idxs):
+            keep.add(max(root_idxs, key=lambda i: float(p[i])))
+    return sorted(keep)
+
+
 def plan_removals(groups, contributions, rule, value, *, multiple=1):
     """Per group root, the channel indices to remove under one rule.
 
@@ -129,6 +145,17 @@ def plan_removals(groups, contributions, rule, value, *, multiple=1):
     'ratios' (value = {layer name: ratio}, matched on the group root or any member layer).
     """
     removals, kept = {}, {}
+    if rule == "ratios":
+        known = {name for g in groups for name in [g.root, *g.layers]}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            roots = sorted(g.root for g in groups)
+            raise ConvslimError(f"ratios name {', '.join(map(repr, unknown[:3]))}, which no prunable layer is called; "
+                                f"prunable layers: {', '.join(roots[:8])}{', ...' if len(roots) > 8 else ''}")
+        bad = {k: v for k, v in value.items() if not 0 <= v < 1}
+        if bad:
+            name, ratio = next(iter(bad.items()))
+            raise ConvslimError(f"ratio for {name!r} must be in [0, 1), got {ratio}")
     for g in groups:
         p = contributions[g.root]
         if rule == "cr":
@@ -140,6 +167,7 @@ def plan_removals(groups, contributions, rule, value, *, multiple=1):
             keep = keep_ratio(p, ratio, multiple)
         else:
             raise ConvslimError(f"unknown rule {rule!r}")
+        keep = keep_every_member(keep, g, p)
         kept[g.root] = keep
         drop = sorted(set(range(g.size)) - set(keep))
         if drop:

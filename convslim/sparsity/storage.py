@@ -13,7 +13,7 @@ import torch
 
 from ..checkpoint import load_safely, rebuild, record_of, save
 from ..errors import ConvslimError
-from ..fileio import atomic_path, check_output_path
+from ..fileio import check_output_path, torch_save_atomic
 
 SPARSE_FORMAT = "convslim-sparse/1"
 
@@ -69,20 +69,20 @@ def save_sparse(model, path, *, inputs=(), **meta):
                 continue
         dense[k] = v.clone()
     payload = {"format": SPARSE_FORMAT, "record": rec.to_dict(), "dense": dense, "csr": csr}
-    with atomic_path(out) as tmp:
-        torch.save(payload, tmp)
+    torch_save_atomic(payload, out)
     return out
 
 
-def load_sparse(path):
-    """Rebuild a model saved by `save_sparse` (dense weights, in eval mode)."""
+def load_sparse(path, *, trust_code=False):
+    """Rebuild a model saved by `save_sparse` (dense weights, in eval mode); see `convslim.load`
+    for `trust_code`."""
     path = Path(path)
     payload = load_safely(path, "sparse model")
     if not isinstance(payload, dict) or payload.get("format") != SPARSE_FORMAT:
         raise ConvslimError(f"{path} is not a convslim sparse model file")
     state = dict(payload["dense"])
     state.update({k: from_csr(p) for k, p in payload["csr"].items()})
-    return rebuild({**payload["record"], "state_dict": state}, path)
+    return rebuild({**payload["record"], "state_dict": state}, path, trust_code=trust_code)
 
 
 def storage_sizes(model):

@@ -1,15 +1,15 @@
 """`convslim prune`, `convslim auto` and `convslim report`."""
 import json
-import signal
 from pathlib import Path
 
 from ..checkpoint import save
-from ..cli import add_data_args, add_model_args, open_model_and_data
 from ..errors import ConvslimError
-from ..fileio import check_output_path, write_text_atomic
+from ..fileio import write_text_atomic
+from ..pruning.criteria import CRITERIA, PermutationOptions
+from ..pruning.importance import ESTIMATORS, MEASURES, PERMS
 from ..search import SearchConfig
-from .criteria import CRITERIA, PermutationOptions
-from .importance import ESTIMATORS, MEASURES, PERMS
+from .common import (add_data_args, add_model_args, fraction, non_negative, open_model_and_data, open_teacher,
+                     positive, positive_int)
 
 
 def add_importance_args(p):
@@ -17,20 +17,12 @@ def add_importance_args(p):
     p.add_argument("--perm", choices=PERMS, default="shuffle", help="how a kernel is destroyed")
     p.add_argument("--estimator", choices=ESTIMATORS, default="expected",
                    help="shuffle: closed-form expectation or sampled permutations")
-    p.add_argument("--samples", type=int, default=1, help="sampled permutations per kernel (estimator sample)")
+    p.add_argument("--samples", type=positive_int, default=1, help="sampled permutations per kernel (estimator sample)")
     p.add_argument("--input", choices=["data", "random"], default="data", help="feature maps from real or random images")
     p.add_argument("--measure", choices=MEASURES, default=PermutationOptions.measure,
                    help="change measured at the conv (default) or after its BatchNorm")
-    p.add_argument("--calib-batches", type=int, default=4, help="training batches used for scoring")
-    p.add_argument("--multiple", type=int, default=1, help="round channel counts up to a multiple")
-
-
-def open_teacher(args):
-    """--teacher: a saved model whose outputs the fine-tune learns from (knowledge distillation)."""
-    if not getattr(args, "teacher", None):
-        return None
-    from ..checkpoint import load
-    return load(args.teacher)
+    p.add_argument("--calib-batches", type=positive_int, default=4, help="training batches used for scoring")
+    p.add_argument("--multiple", type=positive_int, default=1, help="round channel counts up to a multiple")
 
 
 def add_output_args(p):
@@ -40,10 +32,6 @@ def add_output_args(p):
 
 
 def options_from(args):
-    if args.samples < 1:
-        raise ConvslimError(f"--samples must be at least 1, got {args.samples}")
-    if args.calib_batches < 1:
-        raise ConvslimError(f"--calib-batches must be at least 1, got {args.calib_batches}")
     return PermutationOptions(perm=args.perm, estimator=args.estimator, samples=args.samples,
                               measure=args.measure, input=args.input, seed=args.seed)
 
@@ -61,17 +49,6 @@ def read_ratios(path):
     return table
 
 
-def check_outputs(args, *names):
-    """Every output is checked before the work starts, so a long search never ends in a bad path."""
-    inputs = [args.model, args.weights]
-    for name in names:
-        if getattr(args, name, None):
-            check_output_path(getattr(args, name), inputs=inputs)
-    report = getattr(args, "report", None)
-    if report and Path(report).exists() and not Path(report).is_dir():
-        raise ConvslimError(f"report path {report} exists and is not a folder")
-
-
 def print_result(summary):
     print(f"{'':<10}{'top-1 %':>10}{'FLOPs':>14}{'params':>12}")
     print(f"{'base':<10}{summary['base_test_acc']:>10.2f}{summary['base_flops']:>14,}{summary['base_params']:>12,}")
@@ -83,24 +60,23 @@ def print_result(summary):
 def cmd_prune(args):
     from ..checkpoint import example_input
     from ..metrics import count
-    from ..train import TrainConfig, evaluate, fit
-    from .prune import apply_rule, channel_importance
+    from ..pruning.prune import apply_rule, channel_importance
     from ..search import flops_params
+    from ..train import TrainConfig, evaluate, fit
 
     rules = [(k, v) for k, v in (("cr", args.cr), ("ratio", args.ratio), ("ratios", args.ratios)) if v is not None]
     if len(rules) != 1:
         raise ConvslimError("give exactly one rule: --cr, --ratio or --ratios")
     rule, value = rules[0]
     value = read_ratios(value) if rule == "ratios" else value
-    out = check_output_path(args.out, inputs=[args.model, args.weights])
-    check_outputs(args, "json")
+    out = Path(args.out)
+    teacher = open_teacher(args)
     model, splits = open_model_and_data(args)
     imp = channel_importance(model, splits, criterion=args.criterion, calib_batches=args.calib_batches,
                              options=options_from(args), seed=args.seed)
     slim, kept = apply_rule(model, imp, rule, value, multiple=args.multiple)
     if args.finetune_epochs > 0:
         from ..distill import kd_loss_fn
-        teacher = open_teacher(args)
         fit(slim, splits, TrainConfig(epochs=args.finetune_epochs, lr=args.lr, seed=args.seed), validate=False,
             loss_fn=kd_loss_fn(teacher) if teacher is not None else None)
     summary = flops_params(count(model, example_input(model)), count(slim, example_input(slim)))
@@ -117,31 +93,28 @@ def finish(args, out, summary, model, splits, imp, with_search):
     if args.json:
         write_text_atomic(args.json, json.dumps(summary, indent=2))
     if args.report:
-        from .report import write_pruning_report
+        from ..pruning.report import write_pruning_report
         report = write_pruning_report(args.report, model, splits, imp, summary=summary if with_search else None)
         print(f"report: {report}")
 
 
 def cmd_auto(args):
-    from .prune import channel_importance
-    from .search import auto_prune
+    from ..pruning.prune import channel_importance
+    from ..pruning.search import auto_prune
 
     cfg = SearchConfig(max_acc_loss=args.max_acc_loss, min_interval=args.min_interval,
                        probe_epochs=args.probe_epochs, final_epochs=args.final_epochs, lr=args.lr,
                        batch_size=args.batch_size, distill=args.distill, multiple=args.multiple,
                        seed=args.seed).check()
-    out = check_output_path(args.out, inputs=[args.model, args.weights])
-    check_outputs(args, "json")
-    log = args.log or str(out) + ".search.json"
-    check_output_path(log, inputs=[args.model, args.weights])
+    out, log = Path(args.out), args.log
+    teacher = open_teacher(args)
     model, splits = open_model_and_data(args)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # killed politely: same as Ctrl-C
     print(f"searching cr in [0, 1] to within {cfg.min_interval} ({cfg.probes} probes), "
           f"budget {cfg.max_acc_loss} points on the validation split; log {log}")
     imp = channel_importance(model, splits, criterion=args.criterion, calib_batches=args.calib_batches,
                              options=options_from(args), seed=args.seed)
     try:
-        best, summary = auto_prune(model, splits, cfg, importance=imp, teacher=open_teacher(args), log_path=log,
+        best, summary = auto_prune(model, splits, cfg, importance=imp, teacher=teacher, log_path=log,
                                    model_id=str(Path(args.model).resolve()) if args.model.endswith(".pt") else args.model)
     except KeyboardInterrupt:
         raise ConvslimError(f"interrupted; run the same command again to resume from {log}") from None
@@ -154,8 +127,8 @@ def cmd_auto(args):
 
 
 def cmd_report(args):
-    from .prune import channel_importance
-    from .report import write_pruning_report
+    from ..pruning.prune import channel_importance
+    from ..pruning.report import write_pruning_report
 
     model, splits = open_model_and_data(args)
     summary = None
@@ -163,7 +136,10 @@ def cmd_report(args):
         path = Path(args.summary)
         if not path.exists():
             raise ConvslimError(f"summary file not found: {path}")
-        summary = json.loads(path.read_text())
+        try:
+            summary = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ConvslimError(f"summary file {path} is not JSON written by `auto --json`") from None
     imp = channel_importance(model, splits, criterion=args.criterion, calib_batches=args.calib_batches,
                              options=options_from(args), seed=args.seed)
     print(f"report: {write_pruning_report(args.out, model, splits, imp, summary=summary)}")
@@ -172,27 +148,27 @@ def cmd_report(args):
 def register(sub):
     p = sub.add_parser("prune", help="prune channels once with a fixed rule (no search)")
     add_model_args(p)
-    add_data_args(p, required=True)
+    add_data_args(p)
     rule = p.add_mutually_exclusive_group(required=True)
-    rule.add_argument("--cr", type=float, help="cumulative contribution rate in [0, 1]")
-    rule.add_argument("--ratio", type=float, help="one pruning ratio for every layer")
+    rule.add_argument("--cr", type=fraction, help="cumulative contribution rate in [0, 1]")
+    rule.add_argument("--ratio", type=fraction, help="one pruning ratio for every layer, in [0, 1]")
     rule.add_argument("--ratios", help="JSON file mapping layer names to pruning ratios")
     add_importance_args(p)
     add_output_args(p)
-    p.add_argument("--finetune-epochs", type=float, default=0)
+    p.add_argument("--finetune-epochs", type=non_negative, default=0)
     p.add_argument("--teacher", help="saved model to distil from while fine-tuning")
-    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--lr", type=positive, default=0.01)
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("auto", help="fully automatic pruning within an accuracy budget")
     add_model_args(p)
-    add_data_args(p, required=True)
+    add_data_args(p)
     p.add_argument("--max-acc-loss", type=float, default=1.0, help="accepted accuracy loss, percentage points")
     p.add_argument("--min-interval", type=float, default=0.01, help="search resolution on cr")
-    p.add_argument("--probe-epochs", type=float, default=SearchConfig.probe_epochs, help="fine-tune per probe after BN re-estimation")
-    p.add_argument("--final-epochs", type=float, default=10.0, help="fine-tune of the chosen model")
-    p.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--probe-epochs", type=non_negative, default=SearchConfig.probe_epochs, help="fine-tune per probe after BN re-estimation")
+    p.add_argument("--final-epochs", type=non_negative, default=10.0, help="fine-tune of the chosen model")
+    p.add_argument("--lr", type=positive, default=0.01, help="fine-tuning learning rate")
+    p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--distill", action="store_true", help="final fine-tune distils from the original model")
     p.add_argument("--teacher", help="saved model to distil from in the final fine-tune (implies distillation)")
     p.add_argument("--log", help="search log (default OUT.search.json); an existing one is resumed")
@@ -202,8 +178,8 @@ def register(sub):
 
     p = sub.add_parser("report", help="pruning report with plots (Markdown and HTML)")
     add_model_args(p)
-    add_data_args(p, required=True)
+    add_data_args(p)
     add_importance_args(p)
     p.add_argument("--summary", help="JSON written by `auto --json`, to add the result and search trajectory")
     p.add_argument("--out", required=True, help="report folder")
-    p.set_defaults(func=cmd_report)
+    p.set_defaults(func=cmd_report, folder_args=("out",))

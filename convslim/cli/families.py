@@ -3,26 +3,15 @@ costs): the families beside channel pruning, each a thin face of its Python API.
 import argparse
 import copy
 import json
-import signal
 from pathlib import Path
 
-from .checkpoint import example_input, record_of, save
-from .cli import _positive_int, add_data_args, add_model_args, open_data, open_model, open_model_and_data
-from .errors import ConvslimError
-from .fileio import check_output_path, write_text_atomic
-from .metrics import count
-from .search import SearchConfig
-
-
-def _inputs(args):
-    return [getattr(args, k, None) for k in ("model", "weights", "teacher", "student")]
-
-
-def _check_outputs(args, *names):
-    """Every output checked before any work starts (never an input, folder must exist)."""
-    for name in names:
-        if getattr(args, name, None):
-            check_output_path(getattr(args, name), inputs=_inputs(args))
+from ..checkpoint import example_input, record_of, save
+from ..errors import ConvslimError
+from ..fileio import write_text_atomic
+from ..metrics import count
+from ..search import SearchConfig
+from .common import (add_data_args, add_model_args, float_range, fraction, int_range, non_negative, open_data,
+                     open_model, open_model_and_data, positive, positive_int)
 
 
 def _finish(args, summary, section):
@@ -31,7 +20,7 @@ def _finish(args, summary, section):
         write_text_atomic(args.json, json.dumps(summary, indent=2, default=str))
         print(f"wrote {args.json}")
     if args.report:
-        from .report import Report
+        from ..report import Report
 
         report = Report(args.report, f"convslim {args.command}")
         section(report)
@@ -39,16 +28,16 @@ def _finish(args, summary, section):
 
 
 def _add_train_args(p, epochs, lr):
-    p.add_argument("--epochs", type=float, default=epochs, help="training epochs")
-    p.add_argument("--lr", type=float, default=lr)
-    p.add_argument("--batch-size", type=_positive_int, default=128)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--epochs", type=non_negative, default=epochs, help="training epochs")
+    p.add_argument("--lr", type=positive, default=lr)
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--weight-decay", type=non_negative, default=5e-4)
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _train_cfg(args, epochs=None):
-    from .train import TrainConfig
+    from ..train import TrainConfig
 
     return TrainConfig(epochs=args.epochs if epochs is None else epochs, lr=args.lr, batch_size=args.batch_size,
                        weight_decay=args.weight_decay, seed=args.seed, device=args.device,
@@ -57,10 +46,10 @@ def _train_cfg(args, epochs=None):
 
 def _add_distill_args(p, default="kd"):
     p.add_argument("--loss", default=default, help="kd, hint, attention, or a comma-separated mix (kd,attention)")
-    p.add_argument("--temperature", type=float, default=4.0, help="kd: softmax temperature T")
-    p.add_argument("--alpha", type=float, default=0.9, help="kd: weight of the soft targets (1 - alpha: labels)")
-    p.add_argument("--hint-weight", type=float, default=1.0)
-    p.add_argument("--at-weight", type=float, default=100.0, help="attention transfer beta (AT paper: 1000 on 32x32 maps)")
+    p.add_argument("--temperature", type=positive, default=4.0, help="kd: softmax temperature T")
+    p.add_argument("--alpha", type=fraction, default=0.9, help="kd: weight of the soft targets (1 - alpha: labels)")
+    p.add_argument("--hint-weight", type=non_negative, default=1.0)
+    p.add_argument("--at-weight", type=non_negative, default=100.0, help="attention transfer beta (AT paper: 1000 on 32x32 maps)")
     p.add_argument("--hint-layers", help="STUDENT_LAYER:TEACHER_LAYER (default: the last feature maps)")
     p.add_argument("--at-layers", help="S:T[,S:T...] (default: stages paired from the end)")
 
@@ -76,7 +65,7 @@ def _pairs(text, what):
 
 
 def _distill_cfg(args):
-    from .distill import DistillConfig
+    from ..distill import DistillConfig
 
     return DistillConfig(losses=tuple(x.strip() for x in args.loss.split(",") if x.strip()),
                          temperature=args.temperature, alpha=args.alpha, hint_weight=args.hint_weight,
@@ -93,20 +82,19 @@ def _sizes(model):
 # --- distill -------------------------------------------------------------------------------------
 
 def cmd_distill(args):
-    from .distill import distill_fit, report_section
-    from .session import remember_data
-    from .train import evaluate
+    from ..distill import distill_fit, report_section
+    from ..session import remember_data
+    from ..train import evaluate
 
     if not args.teacher.endswith(".pt"):
         raise ConvslimError(f"--teacher must be a trained model saved as .pt, got {args.teacher!r}")
     dcfg = _distill_cfg(args)
     cfg = _train_cfg(args)
-    _check_outputs(args, "out", "json")
     teacher = open_model(argparse.Namespace(model=args.teacher, weights=None, width=1.0, num_classes=None,
-                                            in_channels=None, input_size=None))
+                                            in_channels=None, input_size=None, seed=args.seed, command="distill"))
     splits = open_data(args, teacher)
     student_args = argparse.Namespace(model=args.student, weights=None, width=args.width, num_classes=None,
-                                      in_channels=None, input_size=None)
+                                      in_channels=None, input_size=None, seed=args.seed, command="distill")
     student = open_model(student_args, None if args.student.endswith(".pt") else splits)
     if args.student.endswith(".pt"):
         norm = record_of(student).meta.get("normalization")
@@ -125,7 +113,7 @@ def cmd_distill(args):
     summary = {"losses": list(dcfg.losses), "teacher_test": teacher_test, "teacher_val": teacher_val,
                "student_test_before": before, "student_test": after, "teacher_params": tp, "teacher_flops": tf,
                "student_params": sp, "student_flops": sf, "epochs": log["epochs"], "seconds": log["seconds"]}
-    save(student, args.out, inputs=_inputs(args),
+    save(student, args.out,
          distill={"teacher": str(Path(args.teacher).resolve()), "losses": list(dcfg.losses),
                   "temperature": dcfg.temperature, "alpha": dcfg.alpha, "epochs": cfg.epochs, "test_acc": after})
     print(f"teacher: top-1 {teacher_test:.2f}%  ({tp:,} params, {tf:,} FLOPs)")
@@ -147,26 +135,23 @@ def print_layers(rows):
 
 
 def cmd_decompose(args):
-    from .decomposition import auto_decompose, decompose
-    from .decomposition.report import report_section
-    from .search import flops_params
-    from .train import evaluate, fit
+    from ..decomposition import auto_decompose, decompose
+    from ..decomposition.report import report_section
+    from ..search import flops_params
+    from ..train import evaluate, fit
 
     layers = [x.strip() for x in args.layers.split(",")] if args.layers else None
     if args.auto and not args.data:
         raise ConvslimError("--auto needs --data (the search is judged on its validation split)")
     if args.epochs > 0 and not args.data:
         raise ConvslimError("--epochs needs --data to fine-tune on")
-    _check_outputs(args, "out", "json")
     if args.auto:
         cfg = SearchConfig(max_acc_loss=args.max_acc_loss, min_interval=args.min_interval,
                            probe_epochs=args.probe_epochs, final_epochs=args.final_epochs, lr=args.lr,
                            batch_size=args.batch_size, distill=args.distill, seed=args.seed,
                            device=args.device).check()
-        log = args.log or str(args.out) + ".search.json"
-        check_output_path(log, inputs=_inputs(args))
+        log = args.log
         model, splits = open_model_and_data(args)
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
         print(f"searching the energy in [0, 1] to within {cfg.min_interval} ({cfg.probes} probes), budget "
               f"{cfg.max_acc_loss} points on the validation split; log {log}")
         try:
@@ -183,7 +168,7 @@ def cmd_decompose(args):
             summary["base_test_acc"] = evaluate(model, splits, "test")["top1"]
             summary["decomposed_test_acc"] = evaluate(slim, splits, "test")["top1"]
             if args.epochs > 0:
-                from .distill import kd_loss_fn
+                from ..distill import kd_loss_fn
                 loss_fn = kd_loss_fn(copy.deepcopy(model)) if args.distill else None
                 fit(slim, splits, _train_cfg(args), loss_fn=loss_fn, validate=False)
                 slim.eval()
@@ -197,7 +182,7 @@ def cmd_decompose(args):
         mid = f" -> {summary['decomposed_test_acc']:.2f}% decomposed" if tuned and "decomposed_test_acc" in summary else ""
         print(f"test top-1 {summary['base_test_acc']:.2f}%{mid} -> {summary['test_acc']:.2f}%"
               + (" after fine-tuning" if tuned else " decomposed, not fine-tuned (see --epochs, --auto)"))
-    save(slim, args.out, inputs=_inputs(args), decompose={"method": args.method, "energy": summary.get(
+    save(slim, args.out, decompose={"method": args.method, "energy": summary.get(
         "chosen_energy", args.energy), "test_acc": summary.get("test_acc")})
     print(f"saved {args.out}")
     _finish(args, summary, lambda r: report_section(r, summary))
@@ -206,9 +191,9 @@ def cmd_decompose(args):
 # --- sparsify ------------------------------------------------------------------------------------
 
 def cmd_sparsify(args):
-    from .sparsity import SparsifyConfig, save_sparse, sparsify, storage_sizes
-    from .sparsity.report import report_section
-    from .train import evaluate
+    from ..sparsity import SparsifyConfig, save_sparse, sparsify, storage_sizes
+    from ..sparsity.report import report_section
+    from ..train import evaluate
 
     if not (args.out or args.csr):
         raise ConvslimError("give --out (dense .pt with zeros) and/or --csr (sparse CSR file)")
@@ -217,7 +202,6 @@ def cmd_sparsify(args):
                          batch_size=args.batch_size, distill=args.distill,
                          exclude=tuple(x.strip() for x in args.exclude.split(",")) if args.exclude else (),
                          seed=args.seed, device=args.device).check()
-    _check_outputs(args, "out", "csr", "json")
     model, splits = open_model_and_data(args) if args.data else (open_model(args), None)
     sparse, _, summary = sparsify(model, splits, cfg, progress=not args.quiet)
     summary["sizes"] = storage_sizes(sparse)
@@ -232,10 +216,10 @@ def cmd_sparsify(args):
           f"({size['dense_bytes'] / size['csr_bytes']:.2f}x smaller); FLOPs unchanged on dense kernels")
     meta = {"sparsity": summary["sparsity"], "scope": cfg.scope, "test_acc": summary.get("test_acc")}
     if args.out:
-        save(sparse, args.out, inputs=_inputs(args), sparsify=meta)
+        save(sparse, args.out, sparsify=meta)
         print(f"saved {args.out}")
     if args.csr:
-        save_sparse(sparse, args.csr, inputs=_inputs(args), sparsify=meta)
+        save_sparse(sparse, args.csr, sparsify=meta)
         print(f"saved {args.csr} (load with convslim.sparsity.load_sparse)")
     _finish(args, summary, lambda r: report_section(r, summary))
 
@@ -243,15 +227,14 @@ def cmd_sparsify(args):
 # --- convert and compare -------------------------------------------------------------------------
 
 def cmd_convert(args):
-    from .compact import convert, report_section
-    from .distill import distill_fit
-    from .train import evaluate
+    from ..compact import convert, report_section
+    from ..distill import distill_fit
+    from ..train import evaluate
 
     if not args.model.endswith(".pt"):
         raise ConvslimError("--model must be a trained model saved as .pt: it is the teacher of the converted one")
     dcfg = _distill_cfg(args)
     cfg = _train_cfg(args)
-    _check_outputs(args, "out", "json")
     model, splits = open_model_and_data(args)
     layers = [x.strip() for x in args.layers.split(",")] if args.layers else None
     student, rows = convert(model, args.to, ratio=args.ratio, dw=args.dw, include_stem=args.include_stem,
@@ -265,7 +248,7 @@ def cmd_convert(args):
     summary = {"to": args.to, "epochs": cfg.epochs, "base_test": evaluate(model, splits, "test")["top1"],
                "test": evaluate(student, splits, "test")["top1"], "base_params": bp, "params": sp,
                "base_flops": bf, "flops": sf, "layers": rows}
-    save(student, args.out, inputs=_inputs(args), convert={"to": args.to, "test_acc": summary["test"]})
+    save(student, args.out, convert={"to": args.to, "test_acc": summary["test"]})
     print(f"test top-1 {summary['base_test']:.2f}% -> {summary['test']:.2f}%, params {bp:,} -> {sp:,}, "
           f"FLOPs {bf:,} -> {sf:,}")
     print(f"saved {args.out}")
@@ -273,9 +256,8 @@ def cmd_convert(args):
 
 
 def cmd_compare(args):
-    from .compact import compare_layers, format_table, report_section, totals
+    from ..compact import compare_layers, format_table, report_section, totals
 
-    _check_outputs(args, "json")
     model = open_model(args)
     rows = compare_layers(model, ratio=args.ratio, dw=args.dw)
     if not rows:
@@ -294,7 +276,7 @@ def register(sub):
     p = sub.add_parser("distill", help="train a student from a teacher (kd, hint, attention)")
     p.add_argument("--teacher", required=True, help="trained teacher (.pt)")
     p.add_argument("--student", required=True, help="zoo name, file.py:factory or a saved .pt")
-    p.add_argument("--width", type=float, default=1.0, help="width multiplier for a zoo student")
+    p.add_argument("--width", type=positive, default=1.0, help="width multiplier for a zoo student")
     add_data_args(p, required=True)
     _add_distill_args(p)
     _add_train_args(p, epochs=10, lr=0.05)
@@ -307,13 +289,13 @@ def register(sub):
     add_model_args(p)
     add_data_args(p)
     p.add_argument("--method", choices=["svd", "tucker", "cp"], default="tucker")
-    p.add_argument("--energy", type=float, default=0.9, help="share of squared singular values kept, in (0, 1]")
+    p.add_argument("--energy", type=float_range(0, 1, lo_open=True), default=0.9, help="share of squared singular values kept, in (0, 1]")
     p.add_argument("--layers", help="comma-separated layer names (default: every conv and linear layer)")
     p.add_argument("--auto", action="store_true", help="search the energy within --max-acc-loss")
     p.add_argument("--max-acc-loss", type=float, default=1.0)
     p.add_argument("--min-interval", type=float, default=0.01)
-    p.add_argument("--probe-epochs", type=float, default=SearchConfig.probe_epochs)
-    p.add_argument("--final-epochs", type=float, default=10.0)
+    p.add_argument("--probe-epochs", type=non_negative, default=SearchConfig.probe_epochs)
+    p.add_argument("--final-epochs", type=non_negative, default=10.0)
     p.add_argument("--distill", action="store_true", help="fine-tunes learn from the original (KD)")
     p.add_argument("--log", help="search log (default OUT.search.json); an existing one is resumed")
     _add_train_args(p, epochs=0, lr=0.01)
@@ -325,12 +307,12 @@ def register(sub):
     p = sub.add_parser("sparsify", help="unstructured magnitude pruning with CSR storage")
     add_model_args(p)
     add_data_args(p)
-    p.add_argument("--sparsity", type=float, default=0.9, help="share of conv/linear weights set to zero")
+    p.add_argument("--sparsity", type=float_range(0, 1, hi_open=True), default=0.9, help="share of conv/linear weights set to zero")
     p.add_argument("--scope", choices=["global", "layer"], default="global")
-    p.add_argument("--steps", type=_positive_int, default=3, help="prune / fine-tune rounds")
+    p.add_argument("--steps", type=positive_int, default=3, help="prune / fine-tune rounds")
     p.add_argument("--schedule", choices=["cubic", "linear"], default="cubic")
-    p.add_argument("--epochs-per-step", type=float, default=1.0)
-    p.add_argument("--final-epochs", type=float, default=0.0)
+    p.add_argument("--epochs-per-step", type=non_negative, default=1.0)
+    p.add_argument("--final-epochs", type=non_negative, default=0.0)
     p.add_argument("--distill", action="store_true", help="fine-tunes learn from the dense original (KD)")
     p.add_argument("--exclude", help="comma-separated layer names left dense")
     _add_train_args(p, epochs=0, lr=0.01)
@@ -344,8 +326,8 @@ def register(sub):
     add_model_args(p)
     add_data_args(p, required=True)
     p.add_argument("--to", choices=["separable", "ghost"], required=True)
-    p.add_argument("--ratio", type=int, default=2, help="ghost: output maps per intrinsic map")
-    p.add_argument("--dw", type=int, default=3, help="ghost: kernel of the cheap depthwise conv")
+    p.add_argument("--ratio", type=int_range(2), default=2, help="ghost: output maps per intrinsic map")
+    p.add_argument("--dw", type=int_range(1), default=3, help="ghost: kernel of the cheap depthwise conv")
     p.add_argument("--include-stem", action="store_true", help="also convert the first conv")
     p.add_argument("--layers", help="comma-separated conv layers to convert (default: all but the stem)")
     _add_distill_args(p)
@@ -357,8 +339,8 @@ def register(sub):
 
     p = sub.add_parser("compare", help="per conv layer: params and FLOPs as is, as separable, as Ghost")
     add_model_args(p)
-    p.add_argument("--ratio", type=int, default=2)
-    p.add_argument("--dw", type=int, default=3)
+    p.add_argument("--ratio", type=int_range(2), default=2)
+    p.add_argument("--dw", type=int_range(1), default=3)
     p.add_argument("--json")
     p.add_argument("--report")
     p.set_defaults(func=cmd_compare)

@@ -10,24 +10,24 @@ import json
 from pathlib import Path
 
 from ..errors import ConvslimError
-from ..fileio import check_output_path, write_text_atomic
+from ..fileio import write_text_atomic
+from .common import (add_data_args, add_model_args, float_range, fraction, int_range, non_negative,
+                     open_model_and_data, open_teacher, positive, positive_int)
 
 METHODS = ("ptq", "qat", "lowbit", "binary", "ternary", "cluster")
 
 
 def _check_out(args, suffixes):
-    out = check_output_path(args.out, inputs=[args.model, args.weights])
+    out = Path(args.out)
     if out.suffix not in suffixes:
         raise ConvslimError(f"--out for --method {getattr(args, 'method', 'compress')} must end in "
                             f"{' or '.join(suffixes)}, got {out.name}")
-    if args.json:
-        check_output_path(args.json, inputs=[args.model, args.weights, args.out])
     return out
 
 
 def _bits(args):
     """(wbits, abits) from --bits / --wbits / --abits, checked before any work starts."""
-    from .quantizers import check_bits
+    from ..quantization.quantizers import check_bits
 
     default = 8 if args.method in ("ptq", "qat") else 4
     bits = default if args.bits is None else check_bits(args.bits, "--bits")
@@ -39,44 +39,14 @@ def _bits(args):
     return wbits, abits
 
 
-def _open(args):
-    """The model, then data that fits it (the data it was trained on when --data is left out)."""
-    from ..checkpoint import record_of
-    from ..cli import open_data, open_model, open_model_and_data
-
-    if args.data is None:
-        if not args.model.endswith(".pt"):
-            raise ConvslimError("--data is required unless --model is a saved .pt that records its data")
-        model = open_model(args)
-        args.data = record_of(model).meta.get("data")
-        if not args.data:
-            raise ConvslimError(f"{args.model} does not record its data; pass --data")
-        return model, open_data(args, model)
-    return open_model_and_data(args)
-
-
-def _teacher(args, model):
-    import copy
-
-    if not args.teacher:
-        return None
-    if args.teacher == "original":
-        return copy.deepcopy(model).eval()
-    from ..checkpoint import load
-
-    if not args.teacher.endswith(".pt"):
-        raise ConvslimError("--teacher must be a saved .pt or 'original' (the unquantized model)")
-    return load(args.teacher)
-
-
 def _finetune(args, model, method):
-    from .methods import DEFAULT_EPOCHS, DEFAULT_LR, FineTune
+    from ..quantization.methods import DEFAULT_EPOCHS, DEFAULT_LR, FineTune
 
     epochs = DEFAULT_EPOCHS[method] if args.epochs is None else args.epochs
     lr = DEFAULT_LR.get(method, 0.01) if args.lr is None else args.lr
     if not lr > 0:
         raise ConvslimError(f"--lr must be positive, got {lr}")
-    return FineTune(epochs, lr=lr, batch_size=args.batch_size, teacher=_teacher(args, model), seed=args.seed,
+    return FineTune(epochs, lr=lr, batch_size=args.batch_size, teacher=open_teacher(args, model), seed=args.seed,
                     device=args.device, progress=not args.quiet)
 
 
@@ -116,33 +86,29 @@ def _print_coded(res):
 
 def _write_model(sim, out, args, res):
     from ..checkpoint import record_of, save
-    from .fakequant import strip
-    from .storage import save_compressed
+    from ..quantization.fakequant import strip
+    from ..quantization.storage import save_compressed
 
     meta = {k: v for k, v in res.items() if isinstance(v, (int, float, str, bool)) or v is None}
     if out.suffix == ".csz":
         record_of(sim).meta["quantization"] = meta
-        save_compressed(sim, out, inputs=[args.model, args.weights])
+        save_compressed(sim, out)
     else:
-        save(strip(sim), out, inputs=[args.model, args.weights], quantization=meta)
+        save(strip(sim), out, quantization=meta)
     print(f"wrote {out} ({_kib(Path(out).stat().st_size)})")
 
 
 def cmd_quantize(args):
-    from . import methods
-    from .calibration import check_method
-    from .quantizers import weight_spec
+    from ..quantization import methods
+    from ..quantization.calibration import check_method
+    from ..quantization.quantizers import weight_spec
 
     wbits, abits = _bits(args)
     check_method(args.calibration)
     if args.method == "lowbit":
         weight_spec(wbits, scheme=args.scheme, granularity=args.granularity)
-    if args.calib_images < 1:
-        raise ConvslimError(f"--calib-images must be at least 1, got {args.calib_images}")
-    if args.clusters is not None and not 2 <= args.clusters <= 256:
-        raise ConvslimError(f"--clusters must be from 2 to 256, got {args.clusters}")
     out = _check_out(args, (".onnx",) if args.method in ("ptq", "qat") else (".csz", ".pt"))
-    model, splits = _open(args)
+    model, splits = open_model_and_data(args)
     calib = dict(calibration=args.calibration, calib_images=args.calib_images, percentile=args.percentile,
                  seed=args.seed)
     latency = () if args.no_latency else (1, 64)
@@ -175,27 +141,24 @@ def cmd_quantize(args):
 
 def cmd_compress(args):
     from ..checkpoint import save
-    from .pipeline import deep_compression, parse_pipeline
-    from .storage import save_compressed
+    from ..quantization.pipeline import deep_compression, parse_pipeline
+    from ..quantization.storage import save_compressed
 
     stages = parse_pipeline(args.pipeline)
-    if not 2 <= args.clusters <= 256:
-        raise ConvslimError(f"--clusters must be from 2 to 256, got {args.clusters}")
-    if not 0 < args.cr <= 1:
+    if args.cr == 0:
         raise ConvslimError(f"--cr must be in (0, 1], got {args.cr}")
     out = _check_out(args, (".csz",) if "cluster" in stages else (".pt",))
-    model, splits = _open(args)
+    model, splits = open_model_and_data(args)
     final, rows, info = deep_compression(model, splits, stages, cr=args.cr, clusters=args.clusters,
-                                         epochs=args.epochs, lr=args.lr, teacher=_teacher(args, model),
+                                         epochs=args.epochs, lr=args.lr, teacher=open_teacher(args, model),
                                          seed=args.seed, progress=not args.quiet)
     print(f"{'stage':<18} {'params':>10} {'size':>12} {'smaller by':>10} {'top-1 %':>8}")
     for r in rows:
         print(f"{r['stage']:<18} {r['params']:>10,} {_kib(r['bytes']):>12} {r['ratio']:>9.2f}x {r['top1']:>8.2f}")
     if "cluster" in stages:
-        save_compressed(final, out, coding="huffman" if "huffman" in stages else "packed",
-                        inputs=[args.model, args.weights])
+        save_compressed(final, out, coding="huffman" if "huffman" in stages else "packed")
     else:
-        save(final, out, inputs=[args.model, args.weights], compress=info)
+        save(final, out, compress=info)
     print(f"wrote {out} ({_kib(Path(out).stat().st_size)})")
     if args.json:
         write_text_atomic(args.json, json.dumps({"rows": rows, **info}, indent=2))
@@ -204,25 +167,23 @@ def cmd_compress(args):
 
 def cmd_decompress(args):
     from ..checkpoint import save
-    from .storage import load_compressed
+    from ..quantization.storage import load_compressed
 
-    out = check_output_path(args.out, inputs=[args.model])
+    out = Path(args.out)
     if out.suffix != ".pt":
         raise ConvslimError(f"--out must end in .pt, got {out.name}")
     model = load_compressed(args.model)
-    save(model, out, inputs=[args.model])
+    save(model, out)
     print(f"decoded {args.model} -> {out} ({_kib(out.stat().st_size)})")
 
 
 def _common(p):
-    from ..cli import add_data_args, add_model_args
-
     add_model_args(p)
     add_data_args(p)
-    p.add_argument("--epochs", type=float, help="fine-tuning epochs (default per method: qat 3, binary and "
+    p.add_argument("--epochs", type=non_negative, help="fine-tuning epochs (default per method: qat 3, binary and "
                    "ternary 10, cluster 3, ptq and lowbit 0)")
-    p.add_argument("--lr", type=float, help="fine-tuning learning rate (default 0.01; 0.001 for centroids)")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=positive, help="fine-tuning learning rate (default 0.01; 0.001 for centroids)")
+    p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--teacher", help="distil from this saved .pt while fine-tuning, or 'original'")
     p.add_argument("--device", default="auto", help="fine-tuning device: auto, cpu, cuda")
     p.add_argument("--json", help="write every figure to this file")
@@ -240,11 +201,11 @@ def register(sub):
     p.add_argument("--scheme", default="symmetric", help="weights: symmetric or asymmetric (lowbit)")
     p.add_argument("--granularity", default="channel", help="weights: tensor or channel (lowbit)")
     p.add_argument("--calibration", default="minmax", help="activation ranges: minmax, percentile or kl")
-    p.add_argument("--percentile", type=float, default=99.99, help="for --calibration percentile")
-    p.add_argument("--calib-images", type=int, default=512, help="training images for calibration")
+    p.add_argument("--percentile", type=float_range(50, 100, lo_open=True), default=99.99, help="for --calibration percentile")
+    p.add_argument("--calib-images", type=positive_int, default=512, help="training images for calibration")
     p.add_argument("--engine", choices=["convslim", "ort"], default="convslim",
                    help="int8 calibration by convslim's calibrators or ONNX Runtime's own")
-    p.add_argument("--clusters", type=int, help="k-means clusters per layer (default 16)")
+    p.add_argument("--clusters", type=int_range(2, 256), help="k-means clusters per layer, 2 to 256 (default 16)")
     p.add_argument("--stochastic", action="store_true", help="binary: stochastic binarisation while training")
     p.add_argument("--xnor", action="store_true", help="binary: binarise layer inputs too (XNOR-Net)")
     p.add_argument("--all-layers", action="store_true", help="binary/ternary: also the first and last layer")
@@ -256,8 +217,8 @@ def register(sub):
     _common(p)
     p.set_defaults(epochs=3)
     p.add_argument("--pipeline", default="prune,cluster,huffman")
-    p.add_argument("--cr", type=float, default=0.9, help="prune stage: cumulative contribution rate kept")
-    p.add_argument("--clusters", type=int, default=16)
+    p.add_argument("--cr", type=fraction, default=0.9, help="prune stage: cumulative contribution rate kept")
+    p.add_argument("--clusters", type=int_range(2, 256), default=16)
     p.add_argument("--out", required=True, help=".csz when clustering, else .pt")
     p.set_defaults(func=cmd_compress)
 

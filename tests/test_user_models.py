@@ -1,0 +1,119 @@
+"""Models as users write them, not as the zoo does: concatenated branches, grouped convs; and the
+search's honest answer when nothing fits the budget."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import convslim
+from convslim.data import load_data
+from convslim.search import SearchConfig, budget_search
+
+
+class Branches(nn.Module):
+    """Two concatenated branches and a grouped conv."""
+
+    def __init__(self, num_classes=10, in_channels=1):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.wide = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.thin = nn.Sequential(nn.Conv2d(8, 2, 1), nn.BatchNorm2d(2), nn.ReLU())
+        self.mix = nn.Sequential(nn.Conv2d(18, 16, 1), nn.BatchNorm2d(16), nn.ReLU())
+        self.grouped = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=4), nn.BatchNorm2d(16), nn.ReLU())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes))
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.cat([self.wide(x), self.thin(x)], 1)
+        return self.head(self.grouped(self.mix(x)))
+
+
+def cbr(i, o, k=3, s=1, g=1):
+    return nn.Sequential(nn.Conv2d(i, o, k, s, k // 2, groups=g, bias=False), nn.BatchNorm2d(o), nn.ReLU())
+
+class SE(nn.Module):
+    def __init__(self, c, r=4):
+        super().__init__()
+        self.fc1 = nn.Conv2d(c, c // r, 1); self.fc2 = nn.Conv2d(c // r, c, 1)
+    def forward(self, x):
+        w = torch.sigmoid(self.fc2(torch.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
+        return x * w
+
+class Dense(nn.Module):
+    def __init__(self, c, g=8):
+        super().__init__()
+        self.a = cbr(c, g); self.b = cbr(c + g, g)
+    def forward(self, x):
+        x = torch.cat([x, self.a(x)], 1)
+        return torch.cat([x, self.b(x)], 1)
+
+class UserNet(nn.Module):
+    def __init__(self, num_classes=10, in_channels=1):
+        super().__init__()
+        self.stem = cbr(in_channels, 16)
+        self.b1 = cbr(16, 8, 1); self.b2 = cbr(16, 8, 3)
+        self.se = SE(16)
+        self.res = nn.Sequential(cbr(16, 32, 3, 2), nn.Conv2d(32, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32))
+        self.proj = nn.Sequential(nn.Conv2d(16, 32, 1, 2, bias=False), nn.BatchNorm2d(32))
+        self.dw = cbr(32, 32, 3, 1, 32)
+        self.dense = Dense(32)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(48, num_classes))
+    def forward(self, x):
+        x = self.stem(x)
+        x = self.se(torch.cat([self.b1(x), self.b2(x)], 1))
+        x = torch.relu(self.res(x) + self.proj(x))
+        x = self.dense(self.dw(x))
+        return self.head(x)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_data("digits")
+
+
+def branches():
+    torch.manual_seed(0)
+    return convslim.build_model(f"{__file__}:Branches", num_classes=10, in_channels=1, input_shape=[1, 8, 8])
+
+
+@pytest.mark.parametrize("criterion", ["l1", "fpgm", "permutation"])
+def test_no_layer_of_a_user_network_is_emptied(digits, criterion):
+    """Concatenated branches, an SE gate, a residual projection, a depthwise conv and a dense block:
+    a group spanning a concatenation once lost a whole branch here (weight of size [0, 8, 1, 1])."""
+    torch.manual_seed(0)
+    model = convslim.build_model(f"{__file__}:UserNet", num_classes=10, in_channels=1, input_shape=[1, 8, 8])
+    slim, kept = convslim.prune(model, digits, ratio=0.5, criterion=criterion)
+    convs = [m for m in slim.modules() if isinstance(m, nn.Conv2d)]
+    assert all(c.out_channels >= 1 for c in convs)
+    assert sum(p.numel() for p in slim.parameters()) < sum(p.numel() for p in model.parameters())
+    assert slim(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_grouped_convs_are_left_whole_and_named(digits, capsys):
+    slim, kept = convslim.prune(branches(), digits, ratio=0.5, criterion="l1")
+    assert slim.grouped[0].out_channels == 16 and slim.wide[0].out_channels < 16
+    assert slim(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    assert "grouped convs (grouped.0)" in capsys.readouterr().err
+
+
+def test_search_with_no_probe_kept_changes_nothing_and_claims_nothing(digits):
+    model = convslim.build_model("digitsnet", num_classes=10, in_channels=1, input_shape=[1, 8, 8])
+    convslim.fit(model, digits, convslim.TrainConfig(epochs=2, lr=0.05, batch_size=64, progress=False),
+                 validate=False)
+    lines = []
+
+    def ruin(value):            # every candidate is broken: no probe can stay within the budget
+        cand = copy.deepcopy(model)
+        with torch.no_grad():
+            for p in cand.parameters():
+                p.zero_()
+        return cand, {}
+
+    cfg = SearchConfig(max_acc_loss=1.0, min_interval=0.25, probe_epochs=0, final_epochs=1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    best, summary, rec = budget_search(model, digits, cfg, ruin, key="cr", header={}, echo=lines.append)
+    assert rec is None and summary["pruned"] is False
+    assert summary["test_acc"] == summary["base_test_acc"] and summary["epochs"] == 0
+    assert all(torch.equal(before[k], v) for k, v in best.state_dict().items())
+    assert any("nothing is pruned, nothing is fine-tuned" in line for line in lines)
