@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .errors import ConvslimError
-from .fileio import check_output_path, torch_save_atomic
+from .fileio import atomic_path, check_output_path
 
 FORMAT = "convslim-checkpoint/1"
 RECORD_ATTR = "convslim_record"
@@ -27,7 +27,7 @@ RECORD_ATTR = "convslim_record"
 # op -> fn(model, edit) rebuilding the edited layer's structure (weights come later, strictly);
 # filled by the modules in EDIT_MODULES when they are imported.
 EDIT_REPLAYERS = {}
-EDIT_MODULES = ("convslim.decomposition", "convslim.compact")
+EDIT_MODULES = ("convslim.decomposition", "convslim.compact", "convslim.quantization.storage")
 
 
 @dataclass
@@ -55,11 +55,53 @@ def attach(model, record):
 
 
 def record_of(model):
-    """The model's Record; a model convslim did not build has none, which is a clear error."""
+    """The model's Record; a plain module gets one from `ensure_record` when convslim first needs it."""
     model = getattr(model, "module", model)  # unwrap DDP
     rec = getattr(model, RECORD_ATTR, None)
     if rec is None:
-        raise ConvslimError("this model carries no convslim record; build it with convslim.build_model or convslim.load")
+        raise ConvslimError("convslim does not know this model's input yet: pass example_input "
+                            "(a tensor or a shape such as (3, 32, 32))")
+    return rec
+
+
+def input_shape_of(example_input):
+    """(C, H, W) from an example input: a batched tensor, or a shape with or without the batch."""
+    if isinstance(example_input, torch.Tensor):
+        return [int(v) for v in example_input.shape[1:]]
+    shape = [int(v) for v in example_input]
+    if len(shape) < 1 or any(v < 1 for v in shape):
+        raise ConvslimError(f"example input shape must be positive sizes such as (3, 32, 32), got {example_input}")
+    return shape
+
+
+def code_spec(model):
+    """Where a user's module class lives, recorded so a saved file can say which code it needs."""
+    cls = type(model)
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def ensure_record(model, example_input=None, batches=None):
+    """Give a plain nn.Module the record convslim keeps (input shape, removals, metadata), or update
+    the input shape of a model that has one when an example input is given. The shape comes from
+    `example_input`, else from the first of `batches`."""
+    from .task import split_batch
+
+    model = getattr(model, "module", model)
+    rec = getattr(model, RECORD_ATTR, None)
+    if example_input is None and rec is None and batches is not None:
+        example_input = split_batch(next(iter(batches)))[0]
+    if example_input is None:
+        return record_of(model)
+    shape = input_shape_of(example_input)
+    if rec is None:
+        from .modelspec import check_output
+
+        out = check_output(model, shape)
+        rec = Record(arch={"model": code_spec(model), "num_classes": int(out.shape[1]) if out.ndim > 1 else 1,
+                           "in_channels": shape[0], "width": 1.0}, input_shape=shape)
+        attach(model, rec)
+    else:
+        rec.input_shape = shape
     return rec
 
 
@@ -81,14 +123,54 @@ def example_input(model, batch=1, device=None):
 
 
 def save(model, path, *, inputs=(), **meta):
-    """Write model + record atomically; never overwrite an input file."""
+    """Write model + record atomically; never overwrite an input file.
+
+    Input transforms the model carries (calibrated activation quantizers, XNOR input
+    binarisation, e.g. a decoded .csz) are recorded as edits so that loading restores them. The
+    written file is read back (torch.load with weights_only) and must hold the same record and
+    the same tensors before it is moved into place.
+    """
     out = check_output_path(path, inputs=inputs)
     model = getattr(model, "module", model)
     rec = record_of(model)
     rec.meta.update(meta)
-    payload = {"format": FORMAT, **copy.deepcopy(rec.to_dict()),
-               "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
-    torch_save_atomic(payload, out)
+    if any(getattr(h, "convslim_quant", False) for m in model.modules() for h in m._forward_pre_hooks.values()) \
+            or any(e.get("op") in ("quantize_inputs", "xnor_inputs") for e in rec.edits):
+        from .quantization.storage import sync_input_edits
+
+        sync_input_edits(model)
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    payload = {"format": FORMAT, **copy.deepcopy(rec.to_dict()), "state_dict": state}
+
+    def check(tmp):
+        try:
+            back = torch.load(tmp, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ConvslimError(f"{out} was not written: torch cannot read it back safely "
+                                f"({type(exc).__name__})") from exc
+        if not isinstance(back, dict) or set(back) != set(payload) or not all(
+                same(back[k], v) for k, v in payload.items() if k != "state_dict"):
+            raise ConvslimError(f"{out} was not written: reading it back gave a different record")
+        got = back["state_dict"]
+        if not isinstance(got, dict) or list(got) != list(state) or not all(same(got[k], v) for k, v in state.items()):
+            raise ConvslimError(f"{out} was not written: reading it back gave different weights")
+
+    def same(a, b):
+        if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+            if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or a.dtype != b.dtype \
+                    or a.shape != b.shape:
+                return False
+            return torch.equal(a, b) or (b.is_floating_point() and bool(((a == b) | (a.isnan() & b.isnan())).all()))
+        if isinstance(b, dict):
+            return isinstance(a, dict) and list(a) == list(b) and all(same(a[k], v) for k, v in b.items())
+        if isinstance(b, (list, tuple)):
+            return isinstance(a, (list, tuple)) and len(a) == len(b) and all(map(same, a, b))
+        return a == b or (a != a and b != b)          # NaN reads back as NaN
+
+    with atomic_path(out) as tmp:
+        with open(tmp, "wb") as f:          # through a file object, as fileio.torch_save_atomic
+            torch.save(payload, f)
+        check(tmp)
     return out
 
 

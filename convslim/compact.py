@@ -16,7 +16,7 @@ import math
 import torch
 from torch import nn
 
-from .checkpoint import EDIT_REPLAYERS, record_of
+from .checkpoint import EDIT_REPLAYERS, device_of, record_of
 from .decomposition.model import get_module, input_shapes, replace_module
 from .errors import ConvslimError
 from .metrics import count
@@ -50,13 +50,12 @@ def _convertible(layer):
 def compare_layers(model, *, ratio=2, dw=3):
     """Per plain conv layer: params and FLOPs as it is, as separable and as Ghost, measured by
     counting the replacement modules, with the seed's separable formula beside them."""
-    model = model.cpu()
     names = [n for n, m in model.named_modules() if _convertible(m)]
     shapes = input_shapes(model, names)
     rows = []
     for i, name in enumerate(shapes):
         layer = get_module(model, name)
-        x = torch.zeros(1, *shapes[name])
+        x = torch.zeros(1, *shapes[name])   # count() runs it where each module is
         now = count(layer, x)
         sep = count(replacement(layer, "separable"), x)
         gho = count(replacement(layer, "ghost", ratio=ratio, dw=dw), x)
@@ -82,14 +81,15 @@ def convert(model, to="separable", *, ratio=2, dw=3, include_stem=False, layers=
         unknown = [n for n in layers if n not in {r["layer"] for r in rows}]
         if unknown:
             raise ConvslimError(f"no plain conv layer named {unknown[0]!r} in the model")
-    out = copy.deepcopy(model).cpu()
+    out = copy.deepcopy(model)
     rec = record_of(out)
     for row in rows:
         wanted = (row["layer"] in layers) if layers else (include_stem or not row["stem"])
         row["apply"] = bool(wanted and row[f"{to}_flops"] < row["flops"])
         if row["apply"]:
-            new = init_weights(replacement(get_module(out, row["layer"]), to, ratio=ratio, dw=dw))
-            replace_module(out, row["layer"], new)
+            layer = get_module(out, row["layer"])
+            new = init_weights(replacement(layer, to, ratio=ratio, dw=dw))   # drawn on the CPU: same on every device
+            replace_module(out, row["layer"], new.to(device_of(layer)))
             rec.add_edit("convert", layer=row["layer"], to=to, ratio=ratio, dw=dw)
     if not any(r["apply"] for r in rows):
         raise ConvslimError(f"no conv layer of this model gets cheaper as {to}; nothing to convert")
@@ -98,8 +98,8 @@ def convert(model, to="separable", *, ratio=2, dw=3, include_stem=False, layers=
 
 def _replay(model, edit):
     layer = get_module(model, edit["layer"])
-    replace_module(model, edit["layer"], replacement(layer, edit["to"], ratio=int(edit.get("ratio", 2)),
-                                                     dw=int(edit.get("dw", 3))))
+    new = replacement(layer, edit["to"], ratio=int(edit.get("ratio", 2)), dw=int(edit.get("dw", 3)))
+    replace_module(model, edit["layer"], new.to(device_of(layer)))
 
 
 EDIT_REPLAYERS["convert"] = _replay

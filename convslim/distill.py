@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoint import device_of
 from .errors import ConvslimError
 
 LOSSES = ("kd", "hint", "attention")
@@ -33,14 +34,19 @@ def kd_loss(student_logits, teacher_logits, labels, *, temperature=4.0, alpha=0.
     return alpha * soft + (1 - alpha) * F.cross_entropy(student_logits, labels)
 
 
+def follow(teacher, device):
+    """The teacher on `device` (the batch's): moved once, when the student has moved."""
+    return teacher if device_of(teacher) == device else teacher.to(device)
+
+
 def kd_loss_fn(teacher, *, temperature=4.0, alpha=0.9):
-    """A `fit` loss function distilling from a frozen teacher."""
+    """A `fit` loss function distilling from a frozen teacher (moved to each batch's device)."""
     teacher.eval()
 
     def loss_fn(model, x, y):
         logits = model(x)
         with torch.no_grad():
-            target = teacher.to(x.device)(x)
+            target = follow(teacher, x.device)(x)
         return kd_loss(logits, target, y, temperature=temperature, alpha=alpha), logits
     return loss_fn
 
@@ -95,7 +101,7 @@ def stage_outputs(model, input_shape):
     model.eval()
     try:
         with torch.no_grad():
-            model(torch.zeros(1, *input_shape, device=next(model.parameters()).device))
+            model(torch.zeros(1, *input_shape, device=device_of(model)))
     finally:
         for h in hooks:
             h.remove()
@@ -172,7 +178,7 @@ def _channels(model, name, input_shape):
         was = model.training
         model.eval()
         with torch.no_grad():
-            model(torch.zeros(1, *input_shape, device=next(model.parameters()).device))
+            model(torch.zeros(1, *input_shape, device=device_of(model)))
         model.train(was)
         out = tap.out[name]
     finally:
@@ -193,7 +199,8 @@ class Distiller(nn.Module):
         super().__init__()
         self.cfg = cfg.check()
         self.student = student
-        object.__setattr__(self, "teacher", teacher.eval())   # frozen, not a submodule
+        device = device_of(student)   # the teacher and the adapters live where the student does
+        object.__setattr__(self, "teacher", teacher.to(device).eval())   # frozen, not a submodule
         for p in teacher.parameters():
             p.requires_grad_(False)
         self.hint_pair = None
@@ -205,7 +212,7 @@ class Distiller(nn.Module):
                                     "hint")[-1]
             cs = _channels(student, self.hint_pair[0], input_shape)
             ct = _channels(teacher, self.hint_pair[1], input_shape)
-            self.adapters["hint"] = HintAdapter(cs, ct)
+            self.adapters["hint"] = HintAdapter(cs, ct).to(device)   # drawn on the CPU: same on every device
             s_names.append(self.hint_pair[0])
             t_names.append(self.hint_pair[1])
         if "attention" in cfg.losses:
@@ -221,7 +228,7 @@ class Distiller(nn.Module):
     def loss(self, logits, x, y):
         """The combined loss for one batch whose student forward has just run."""
         cfg = self.cfg
-        teacher = self.teacher.to(x.device)
+        teacher = follow(self.teacher, x.device)
         with torch.no_grad():
             t_logits = teacher(x.contiguous())
         if "kd" in cfg.losses:

@@ -1,7 +1,10 @@
 """ONNX export, checked against PyTorch with ONNX Runtime before the file is put in place."""
+import copy
+
 import numpy as np
 import torch
 
+from .checkpoint import device_of
 from .errors import ConvslimError
 from .fileio import atomic_path
 
@@ -12,7 +15,9 @@ def export_onnx(model, path, input_shape, *, opset=17, verify=True, atol=1e-4, r
     Returns the largest absolute difference seen (None when not verified). A mismatch is an
     error and leaves no file behind.
     """
-    model = model.cpu().eval()
+    if device_of(model).type != "cpu":   # ONNX Runtime checks on the CPU; the caller's model stays put
+        model = copy.deepcopy(model).cpu()
+    model = model.eval()
     example = torch.randn(2, *input_shape)
     with atomic_path(path) as tmp:
         try:
@@ -30,7 +35,7 @@ def verify_onnx(model, onnx_path, input_shape, *, batch=4, atol=1e-4, rtol=1e-3,
 
     x = torch.randn(batch, *input_shape, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
-        expected = model.eval()(x).numpy()
+        expected = model.eval()(x.to(device_of(model))).cpu().numpy()
     sess = ort_session(onnx_path)
     if not sess.get_inputs():
         raise ConvslimError("the exported ONNX graph does not depend on its input (the trace froze it)")

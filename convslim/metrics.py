@@ -8,6 +8,7 @@ What counts what (seed 002, section 2):
 - BatchNorm, activations, pooling and additions are counted in neither.
 Latency is always measured: the median of repeated runs after warm-up, never estimated.
 """
+import copy
 import io
 import os
 import statistics
@@ -18,9 +19,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from .checkpoint import device_of
+
 
 def layer_table(model, example):
-    """One row per conv / linear / norm layer: name, type, output shape, params, MACs, FLOPs."""
+    """One row per conv / linear / norm layer: name, type, output shape, params, MACs, FLOPs.
+
+    The example runs on the model's device, wherever it was made."""
     rows, hooks = [], []
 
     def hook(name):
@@ -46,7 +51,7 @@ def layer_table(model, example):
     model.eval()
     try:
         with torch.no_grad():
-            model(example)
+            model(example.to(device_of(model)))
     finally:
         for h in hooks:
             h.remove()
@@ -63,8 +68,11 @@ def count(model, example):
 
 def state_dict_bytes(model):
     """Bytes of the saved weights (torch.save of the state dict), what a .pt costs on disk."""
+    state = model.state_dict()
+    for k, v in state.items():   # a checkpoint holds CPU tensors (the storage's device is saved too)
+        state[k] = v.cpu()
     buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
+    torch.save(state, buf)
     return buf.getbuffer().nbytes
 
 
@@ -101,10 +109,14 @@ def ort_latency_ms(onnx_path, example, *, warmup=5, repeats=20):
 
 
 def latency(model, input_shape, *, batches=(1, 64), warmup=5, repeats=20, onnx=True):
-    """Median latency in ms for each batch size, PyTorch on CPU and (optionally) ONNX Runtime."""
+    """Median latency in ms for each batch size, PyTorch on CPU and (optionally) ONNX Runtime.
+
+    A model on another device is timed as a CPU copy; the caller's model stays where it is."""
     from .export import export_onnx
 
-    model = model.cpu().eval()
+    if device_of(model).type != "cpu":
+        model = copy.deepcopy(model).cpu()
+    model = model.eval()
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = os.path.join(tmp, "model.onnx")
@@ -121,7 +133,7 @@ def latency(model, input_shape, *, batches=(1, 64), warmup=5, repeats=20, onnx=T
 
 def profile(model, input_shape, *, latency_batches=(1, 64), repeats=20, onnx=True):
     """Everything `convslim profile` prints: per-layer rows, totals, size, latency."""
-    example = torch.randn(1, *input_shape)
+    example = torch.randn(1, *input_shape, device=device_of(model))
     rows = layer_table(model, example)
     totals = count(model, example)
     totals["bytes"] = state_dict_bytes(model)

@@ -86,8 +86,8 @@ def select_output(model, key):
     return model
 
 
-def check_output(model, input_shape, output=None):
-    """A model convslim can work on returns one tensor; a tuple or dict needs `output` to say which."""
+def check_output(model, input_shape):
+    """A model convslim can work on returns one tensor (returned); a tuple or dict needs `output`."""
     was_training = model.training
     device = next(model.parameters(), torch.empty(0)).device
     model.eval()
@@ -105,6 +105,7 @@ def check_output(model, input_shape, output=None):
         keys = list(out.keys()) if isinstance(out, dict) else list(range(len(out))) if isinstance(out, (tuple, list)) else []
         raise ConvslimError(f"the model's forward returns a {type(out).__name__}, not a tensor; choose the "
                             f"logits with --output KEY (one of {keys[:6]}; in Python: output=KEY)")
+    return out
 
 
 def build_model(spec, *, num_classes=10, in_channels=3, width=1.0, input_shape=None, weights=None, output=None,

@@ -16,6 +16,8 @@ from tqdm import tqdm
 from . import distributed as dist
 from .errors import ConvslimError
 
+LOG_EVERY = 10   # steps between progress-bar updates (each one waits for the device)
+
 
 @dataclass
 class TrainConfig:
@@ -113,7 +115,10 @@ def fit(model, splits, cfg=None, *, loss_fn=None, validate=True):
     while step < total:
         loader.set_epoch(epoch)
         net.train()
-        sums = [0.0, 0.0, 0.0]  # loss*n, correct, n
+        # loss*n and correct accumulate on the device: no host sync per step, only per epoch
+        # and, with a visible progress bar, every LOG_EVERY steps
+        sums = torch.zeros(2, dtype=torch.float64, device=device)
+        seen = 0
         bar = tqdm(total=min(steps_per_epoch, total - step), desc=f"epoch {epoch + 1}", leave=False,
                    disable=None if cfg.progress and dist.is_main() else True, unit="batch")
         t_epoch = t_last = time.perf_counter()
@@ -125,22 +130,24 @@ def fit(model, splits, cfg=None, *, loss_fn=None, validate=True):
             optimizer.step()
             scheduler.step()
             n = y.numel()
-            sums[0] += loss.item() * n
-            sums[1] += (logits.argmax(1) == y).sum().item()
-            sums[2] += n
+            sums += torch.stack([loss.detach().double() * n, (logits.argmax(1) == y).sum().double()])
+            seen += n
             t_done = time.perf_counter()
             wait_s += t_got - t_last
             compute_s += t_done - t_got
             t_last = t_done
             step += 1
             bar.update()
-            bar.set_postfix(loss=f"{sums[0] / sums[2]:.3f}", acc=f"{100 * sums[1] / sums[2]:.1f}",
-                            img_s=f"{world * sums[2] / (t_done - t_epoch):.0f}")
+            if not bar.disable and (step % LOG_EVERY == 0 or bar.n == bar.total):
+                loss_sum, correct = sums.tolist()
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}",
+                                img_s=f"{world * seen / (t_done - t_epoch):.0f}")
             if step >= total:
                 break
         bar.close()
+        totals = [*sums.tolist(), seen]   # waits for the device, so the epoch's time is all in
         seconds = time.perf_counter() - t_epoch
-        loss_sum, correct, n = dist.sum_across(sums, device)
+        loss_sum, correct, n = dist.sum_across(totals, device)
         record = {"epoch": epoch + 1, "steps": step, "train_loss": loss_sum / n,
                   "train_acc": 100 * correct / n, "train_images_per_s": n / seconds, "seconds": seconds}
         if validate and splits.val_y.numel():
@@ -166,18 +173,19 @@ def evaluate(model, splits, split="test", *, batch_size=256, device=None, limit=
     model.to(device).eval()
     loader = splits.loader(split, batch_size, shuffle=False, augment=False, device=device,
                            rank=rank, world_size=world, limit=limit, even=False)
-    sums = [0.0, 0.0, 0.0, 0.0]
+    sums = torch.zeros(3, dtype=torch.float64, device=device)   # loss, top-1, top-5: one sync at the end
+    seen = 0
     k = min(5, splits.num_classes)
     t0 = time.perf_counter()
     for x, y in tqdm(loader, desc=f"eval {split}", leave=False, disable=not (progress and dist.is_main())):
         logits = model(x)
-        sums[0] += F.cross_entropy(logits, y, reduction="sum").item()
         top = logits.topk(k, dim=1).indices
-        sums[1] += (top[:, 0] == y).sum().item()
-        sums[2] += (top == y[:, None]).any(1).sum().item()
-        sums[3] += y.numel()
+        sums += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(),
+                             (top[:, 0] == y).sum().double(), (top == y[:, None]).any(1).sum().double()])
+        seen += y.numel()
+    totals = [*sums.tolist(), seen]
     seconds = time.perf_counter() - t0
-    loss, top1, top5, n = dist.sum_across(sums, device)
+    loss, top1, top5, n = dist.sum_across(totals, device)
     if n == 0:
         raise ConvslimError(f"the {split} split is empty")
     return {"split": split, "top1": 100 * top1 / n, "top5": 100 * top5 / n, "loss": loss / n,

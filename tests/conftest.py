@@ -4,6 +4,21 @@ import torch
 from convslim.data import load_data
 
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    """Run the test on the CPU and, where a GPU is present, again on CUDA: the same suite proves
+    both paths (a model and everything made for it stay on its device)."""
+    return request.param
+
+
+def on(model, device):
+    """True when every parameter and buffer of `model` lives on `device` ("cpu" or "cuda")."""
+    return all(t.device.type == device for t in [*model.parameters(), *model.buffers()])
+
+
 @pytest.fixture(scope="session")
 def digits():
     return load_data("digits", seed=0)

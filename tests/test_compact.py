@@ -64,20 +64,21 @@ def run(capsys, *argv):
     return code, out, err
 
 
-def test_cli_commands(saved, tmp_path, capsys):
+def test_cli_commands(saved, tmp_path, capsys, device):
     code, out, _ = run(capsys, "compare", "--model", saved)
     assert code == 0 and "1/Co+1/k2" in out
-    code, out, _ = run(capsys, "decompose", "--model", saved, "--method", "svd", "--energy", "0.6",
+    code, out, _ = run(capsys, "decompose", "--model", saved, "--method", "svd", "--energy", "0.6", "--device", device,
                        "--out", tmp_path / "d.pt", "--report", tmp_path / "rep")
     assert code == 0 and (tmp_path / "d.pt").exists() and (tmp_path / "rep" / "report.html").exists()
-    code, out, _ = run(capsys, "sparsify", "--model", saved, "--sparsity", "0.9", "--csr", tmp_path / "s.csr")
+    code, out, _ = run(capsys, "sparsify", "--model", saved, "--sparsity", "0.9", "--device", device,
+                       "--csr", tmp_path / "s.csr")
     assert code == 0 and "CSR" in out and (tmp_path / "s.csr").exists()
     code, out, _ = run(capsys, "convert", "--model", saved, "--data", "digits", "--to", "ghost", "--epochs", "0.05",
-                       "--batch-size", "64", "--quiet", "--out", tmp_path / "g.pt")
+                       "--batch-size", "64", "--device", device, "--quiet", "--out", tmp_path / "g.pt")
     assert code == 0 and convslim.load(tmp_path / "g.pt") is not None
     code, out, _ = run(capsys, "distill", "--teacher", saved, "--student", "digitsnet", "--width", "0.25",
                        "--data", "digits", "--loss", "kd,hint,attention", "--epochs", "0.05", "--batch-size", "64",
-                       "--quiet", "--out", tmp_path / "s.pt", "--json", tmp_path / "s.json")
+                       "--device", device, "--quiet", "--out", tmp_path / "s.pt", "--json", tmp_path / "s.json")
     assert code == 0 and "student" in out and (tmp_path / "s.json").exists()
 
 

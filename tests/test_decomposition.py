@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 import convslim
+from conftest import on
 from convslim.checkpoint import record_of
 from convslim.decomposition import LowRank, auto_decompose, decompose, energy_rank
 from convslim.decomposition import cp, svd, tucker
@@ -101,13 +102,16 @@ def test_pruned_then_decomposed_then_pruned_replays_in_order(tmp_path):
     assert torch.equal(again(x), slim(x))
 
 
-def test_auto_search_runs_and_resumes(digits, tmp_path):
+def test_auto_search_runs_and_resumes(digits, tmp_path, device):
     model = small("digitsnet")
-    convslim.fit(model, digits, convslim.TrainConfig(epochs=1, batch_size=64, lr=0.05, progress=False), validate=False)
-    cfg = SearchConfig(max_acc_loss=99, min_interval=0.3, probe_epochs=0, final_epochs=0, bn_batches=2)
+    convslim.fit(model, digits, convslim.TrainConfig(epochs=1, batch_size=64, lr=0.05, progress=False, device=device),
+                 validate=False)
+    cfg = SearchConfig(max_acc_loss=99, min_interval=0.3, probe_epochs=0, final_epochs=0, bn_batches=2, device=device)
     log = tmp_path / "s.json"
     best, summary = auto_decompose(model, digits, "svd", cfg, log_path=log, progress=False)
     assert summary["probes"] == 2 and summary["chosen_energy"] == 0.25      # budget 99 points: all kept
     assert summary["flops"] < summary["base_flops"]
+    assert on(best, device) and any(isinstance(m, LowRank) for m in best.modules())
+    assert best(torch.randn(2, 1, 8, 8, device=device)).shape == (2, 10)
     _, again = auto_decompose(model, digits, "svd", cfg, log_path=log, progress=False, echo=lambda *a: None)
     assert again["probes"] == 2                                              # resumed, nothing redone

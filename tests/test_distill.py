@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import convslim
+from conftest import on
 from convslim.distill import (DistillConfig, Distiller, HintAdapter, attention_loss, attention_map, distill_fit,
                               hint_loss, kd_loss, stage_outputs)
 from convslim.errors import ConvslimError
@@ -71,13 +72,15 @@ def test_distiller_pairs_stages_and_builds_adapter():
     assert not any(m._forward_hooks for m in student.modules())
 
 
-def test_distill_fit_trains_the_student(digits):
-    student, teacher = small("digitsnet", 0.5), small("digits_resnet").eval()
+def test_distill_fit_trains_the_student(digits, device):
+    student, teacher = small("digitsnet", 0.5), small("digits_resnet").eval()   # both start on the CPU
     before = [p.clone() for p in student.parameters()]
-    log = distill_fit(student, teacher, digits, TrainConfig(epochs=1, max_steps=3, batch_size=64, progress=False),
+    log = distill_fit(student, teacher, digits, TrainConfig(epochs=1, max_steps=3, batch_size=64, progress=False,
+                                                            device=device),
                       DistillConfig(losses=("kd", "hint", "attention")), validate=False)
     assert log["steps"] == 3
-    assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters()))
+    assert on(student, device) and on(teacher, device)
+    assert any(not torch.equal(a, b.cpu()) for a, b in zip(before, student.parameters()))
     assert not any(m._forward_hooks for m in list(student.modules()) + list(teacher.modules()))
 
 

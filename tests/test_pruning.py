@@ -1,4 +1,5 @@
 """Channel pruning: the retention rules, exact surgery, every zoo model, the automatic search."""
+import copy
 import json
 import math
 import textwrap
@@ -8,6 +9,7 @@ import torch
 from torch import nn
 
 import convslim
+from conftest import on
 from convslim.checkpoint import Record, attach
 from convslim.cli import main
 from convslim.data import Splits
@@ -102,14 +104,15 @@ def test_cr_one_keeps_everything_and_zero_keeps_one_per_group(digits):
 
 
 @pytest.mark.parametrize("criterion", CRITERIA)
-def test_every_criterion_scores_every_group(criterion, digits):
-    model = trained_model(digits)
+def test_every_criterion_scores_every_group(criterion, digits, device):
+    model = copy.deepcopy(trained_model(digits)).to(device)
     imp = convslim.channel_importance(model, digits, criterion=criterion, calib_batches=2)
     for g in imp.groups:
         p = imp.contributions[g.root]
         assert p.shape == (g.size,) and torch.all(p >= 0) and p.sum().item() == pytest.approx(1, abs=1e-4)
     slim, _ = convslim.apply_rule(model, imp, "ratio", 0.5)
-    assert slim(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+    assert on(model, device) and on(slim, device)          # scored and pruned where the model is
+    assert slim(torch.randn(2, 1, 8, 8, device=device)).shape == (2, 10)
 
 
 _trained = {}
@@ -119,15 +122,16 @@ def trained_model(digits):
     if "m" not in _trained:
         torch.manual_seed(0)
         m = convslim.build_model("digits_resnet", num_classes=10, in_channels=1, input_shape=[1, 8, 8])
-        convslim.fit(m, digits, TrainConfig(epochs=6, lr=0.05, batch_size=64, progress=False), validate=False)
+        convslim.fit(m, digits, TrainConfig(epochs=6, lr=0.05, batch_size=64, progress=False, device="cpu"),
+                     validate=False)
         _trained["m"] = m.eval()
     return _trained["m"]
 
 
-def test_auto_prune_stays_in_budget_logs_and_resumes(digits, tmp_path):
-    model = trained_model(digits)
+def test_auto_prune_stays_in_budget_logs_and_resumes(digits, tmp_path, device):
+    model = copy.deepcopy(trained_model(digits))   # on the CPU; the search runs on cfg.device
     cfg = convslim.SearchConfig(max_acc_loss=2.0, min_interval=0.1, probe_epochs=1, final_epochs=1, lr=0.02,
-                                batch_size=64)
+                                batch_size=64, device=device)
     log = tmp_path / "search.json"
     lines = []
 
@@ -153,7 +157,8 @@ def test_auto_prune_stays_in_budget_logs_and_resumes(digits, tmp_path):
     if any(p["decision"] == "keep" for p in probes):
         assert summary["flops"] < summary["base_flops"]
         assert summary["flops"] == min(p["flops"] for p in probes if p["decision"] == "keep")
-    assert best(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+    assert on(best, device)
+    assert best(torch.randn(2, 1, 8, 8, device=device)).shape == (2, 10)
 
 
 def test_prune_and_auto_commands(digits, tmp_path, capsys):
@@ -217,5 +222,6 @@ def test_untraceable_model_is_one_line(tmp_path, capsys):
     code = main(["prune", "--model", f"{src}:make", "--in-channels", "1", "--data", "digits", "--cr", "0.5",
                  "--out", str(tmp_path / "o.pt")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "cannot trace" in err[0]
+    assert code == 2 and "cannot trace" in err[-1]
+    assert len(err) == 2 and "random weights" in err[0]     # the untrained factory model is named too
     assert not (tmp_path / "o.pt").exists()

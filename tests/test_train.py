@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import convslim
+from conftest import on
 from convslim.errors import ConvslimError
 from convslim.train import TrainConfig
 
@@ -23,13 +24,17 @@ def test_training_learns_digits(digits):
     assert 0 <= log["data_overhead"] < 1
 
 
-def test_same_seed_same_weights(digits):
-    cfg = TrainConfig(epochs=1, lr=0.05, batch_size=64, progress=False, seed=3)
+def test_same_seed_same_weights(digits, device, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)   # CUDA: the same conv kernels each run
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    cfg = TrainConfig(epochs=1, lr=0.05, batch_size=64, progress=False, seed=3, device=device)
     a, b = digits_model(), digits_model()
-    convslim.fit(a, digits, cfg, validate=False)
+    log = convslim.fit(a, digits, cfg, validate=False)
     convslim.fit(b, digits, cfg, validate=False)
+    assert on(a, device) and on(b, device)
     for pa, pb in zip(a.parameters(), b.parameters()):
         assert torch.equal(pa, pb)
+    assert 0 < log["epochs"][0]["train_acc"] <= 100 and log["epochs"][0]["train_loss"] > 0
 
 
 def test_step_budget_is_respected(digits):

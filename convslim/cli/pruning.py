@@ -22,6 +22,7 @@ def add_importance_args(p):
     p.add_argument("--measure", choices=MEASURES, default=PermutationOptions.measure,
                    help="change measured at the conv (default) or after its BatchNorm")
     p.add_argument("--calib-batches", type=positive_int, default=4, help="training batches used for scoring")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     p.add_argument("--multiple", type=positive_int, default=1, help="round channel counts up to a multiple")
 
 
@@ -77,7 +78,8 @@ def cmd_prune(args):
     slim, kept = apply_rule(model, imp, rule, value, multiple=args.multiple)
     if args.finetune_epochs > 0:
         from ..distill import kd_loss_fn
-        fit(slim, splits, TrainConfig(epochs=args.finetune_epochs, lr=args.lr, seed=args.seed), validate=False,
+        fit(slim, splits, TrainConfig(epochs=args.finetune_epochs, lr=args.lr, seed=args.seed, device=args.device),
+            validate=False,
             loss_fn=kd_loss_fn(teacher) if teacher is not None else None)
     summary = flops_params(count(model, example_input(model)), count(slim, example_input(slim)))
     summary.update(base_test_acc=evaluate(model, splits, "test")["top1"], test_acc=evaluate(slim, splits, "test")["top1"],
@@ -105,7 +107,7 @@ def cmd_auto(args):
     cfg = SearchConfig(max_acc_loss=args.max_acc_loss, min_interval=args.min_interval,
                        probe_epochs=args.probe_epochs, final_epochs=args.final_epochs, lr=args.lr,
                        batch_size=args.batch_size, distill=args.distill, multiple=args.multiple,
-                       seed=args.seed).check()
+                       seed=args.seed, device=args.device).check()
     out, log = Path(args.out), args.log
     teacher = open_teacher(args)
     model, splits = open_model_and_data(args)

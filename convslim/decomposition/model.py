@@ -8,7 +8,7 @@ import copy
 import torch
 from torch import nn
 
-from ..checkpoint import EDIT_REPLAYERS, example_input, record_of
+from ..checkpoint import EDIT_REPLAYERS, device_of, example_input, record_of
 from ..errors import ConvslimError
 from ..metrics import count
 from . import cp, svd, tucker
@@ -97,7 +97,6 @@ def plan(model, method="tucker", energy=0.9, *, ranks=None, layers=None):
         raise ConvslimError(f"unknown decomposition method {method!r}; choose one of {', '.join(METHODS)}")
     if ranks is None:
         check_energy(energy)
-    model = model.cpu()
     names = candidates(model, layers)
     shapes = input_shapes(model, names)
     rows = []
@@ -107,7 +106,7 @@ def plan(model, method="tucker", energy=0.9, *, ranks=None, layers=None):
         if m is None or name not in shapes:
             continue
         r = [int(v) for v in (ranks[name] if ranks and name in ranks else FACTORS[m].ranks_for(layer, energy))]
-        x = torch.zeros(1, *shapes[name])
+        x = torch.zeros(1, *shapes[name])   # count() runs it where each module is
         before, after = count(layer, x), count(LowRank(FACTORS[m].structure(layer, r), m, r), x)
         rows.append({"layer": name, "method": m, "ranks": r, "full_ranks": _full(layer, m),
                      "params": before["params"], "flops": before["flops"],
@@ -123,15 +122,16 @@ def _full(layer, method):
 
 
 def decompose(model, method="tucker", energy=0.9, *, ranks=None, layers=None):
-    """A decomposed copy of `model` (the original is untouched) and the per-layer plan rows."""
+    """A decomposed copy of `model` on the model's device (the original is untouched) and the
+    per-layer plan rows."""
     rows = plan(model, method, energy, ranks=ranks, layers=layers)
-    out = copy.deepcopy(model).cpu()
+    out = copy.deepcopy(model)
     rec = record_of(out)
     for row in rows:
         if row["apply"]:
             layer = get_module(out, row["layer"])
-            replace_module(out, row["layer"], LowRank(FACTORS[row["method"]].factorize(layer, row["ranks"]),
-                                                      row["method"], row["ranks"]))
+            new = LowRank(FACTORS[row["method"]].factorize(layer, row["ranks"]), row["method"], row["ranks"])
+            replace_module(out, row["layer"], new.to(device_of(layer)))
             rec.add_edit("decompose", layer=row["layer"], method=row["method"], ranks=row["ranks"])
     return out.eval(), rows
 
@@ -139,8 +139,8 @@ def decompose(model, method="tucker", energy=0.9, *, ranks=None, layers=None):
 def _replay(model, edit):
     layer = get_module(model, edit["layer"])
     ranks = [int(r) for r in edit["ranks"]]
-    replace_module(model, edit["layer"], LowRank(FACTORS[edit["method"]].structure(layer, ranks),
-                                                 edit["method"], ranks))
+    new = LowRank(FACTORS[edit["method"]].structure(layer, ranks), edit["method"], ranks)
+    replace_module(model, edit["layer"], new.to(device_of(layer)))
 
 
 EDIT_REPLAYERS["decompose"] = _replay

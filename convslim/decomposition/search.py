@@ -4,6 +4,7 @@ threshold against an accuracy budget on the validation split, a short fine-tune 
 Reuses the pruner's SearchConfig, probe recovery and resumable JSON log: the same loop with
 energy in place of the cumulative contribution rate.
 """
+from ..distributed import pick_device
 from ..search import SearchConfig, budget_search
 from .model import decompose
 
@@ -13,7 +14,7 @@ def auto_decompose(model, splits, method="tucker", cfg=None, *, layers=None, log
     """Search the energy, keep the fewest-FLOPs candidate within budget, fine-tune it; returns
     (model, summary)."""
     cfg = (cfg or SearchConfig()).check()
-    model = model.cpu().eval()
+    model = model.to(pick_device(cfg.device)).eval()   # decomposed and fine-tuned on cfg.device
 
     def make(energy):
         cand, rows = decompose(model, method, energy, layers=layers)

@@ -37,9 +37,10 @@ class PermutationOptions:
 
 
 def random_inputs(batches, seed=0):
-    """Random images with the data's shape, normalised like the data (the thesis's weak variant)."""
+    """Random images with the data's shape, normalised like the data (the thesis's weak variant);
+    drawn on the CPU (the same images on every device), placed where the batches are."""
     gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(x.shape, generator=gen) for x in batches]
+    return [torch.randn(x.shape, generator=gen).to(x.device) for x in batches]
 
 
 def layer_scores(model, groups, batches, graph, criterion="permutation", options=None, labels=None):

@@ -146,7 +146,7 @@ def permutation_importance(model, layers, inputs, *, perm="shuffle", estimator="
         draws = [] if closed_form else [destroyed_weights(weight, perm, gen)
                                         for _ in range(samples if perm != "zero" else 1)]
         plans[name] = (weight.detach(), conv, draws)
-        totals[name] = torch.zeros(weight.shape[0], dtype=torch.float64)
+        totals[name] = torch.zeros(weight.shape[0], dtype=torch.float64, device=weight.device)
 
     def hook(name):
         def accumulate(mod, args, output):
@@ -156,13 +156,13 @@ def permutation_importance(model, layers, inputs, *, perm="shuffle", estimator="
                 d = expected_change(x, weight, conv)
             else:
                 d = sum(sampled_change(x, weight, w, conv) for w in draws) / len(draws)
-            totals[name] += d.double().cpu()
+            totals[name] += d.double()
         return accumulate
 
     images = forward_with_hooks(model, {name: hook(name) for name in layers}, inputs)
     if images == 0:
         raise ConvslimError("no calibration images: importance needs at least one batch")
-    scores = {name: (t / images).float() for name, t in totals.items()}
+    scores = {name: (t / images).float().cpu() for name, t in totals.items()}
     if measure == "bn":
         if graph is None:
             raise ConvslimError("measure=bn needs the model's dependency graph")
@@ -180,7 +180,7 @@ def loop_importance(model, layer, inputs, *, perm="shuffle", seed=0):
     destroyed = destroyed_weights(weight, perm, layer_generator(seed, layer))
     captured = []
     images = forward_with_hooks(model, {layer: lambda m, a, o: captured.append(as_image(m, a[0].detach()))}, inputs)
-    d = torch.zeros(weight.shape[0], dtype=torch.float64)
+    d = torch.zeros(weight.shape[0], dtype=torch.float64, device=weight.device)
     with torch.no_grad():
         for i in range(weight.shape[0]):
             changed = weight.detach().clone()
@@ -189,7 +189,7 @@ def loop_importance(model, layer, inputs, *, perm="shuffle", seed=0):
                 y = F.conv2d(x, weight, None, **conv)[:, i]
                 y_changed = F.conv2d(x, changed, None, **conv)[:, i]
                 d[i] += (y - y_changed).double().pow(2).sum()
-    return (d / images).float()
+    return (d / images).float().cpu()
 
 
 def contributions(scores):

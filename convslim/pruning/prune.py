@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from ..checkpoint import example_input, record_of
+from ..checkpoint import device_of, example_input, record_of
 from ..errors import ConvslimError
 from .criteria import CRITERIA, PermutationOptions, group_scores
 from .retention import coupled_groups, plan_removals
@@ -28,34 +28,36 @@ class Importance:
         return {g.root: g.size for g in self.groups}
 
 
-def calibration_batches(splits, batches, batch_size, seed=0):
-    """Labelled, un-augmented training batches for scoring (never validation or test)."""
+def calibration_batches(splits, batches, batch_size, seed=0, device="cpu"):
+    """Labelled, un-augmented training batches for scoring (never validation or test), on `device`."""
     if batches < 1:
         raise ConvslimError(f"calibration needs at least one batch, got {batches}")
     loader = splits.loader("train", batch_size, shuffle=True, augment=False, seed=seed,
-                           limit=batches * batch_size)
+                           limit=batches * batch_size, device=device)
     xs, ys = zip(*loader)
     return list(xs), list(ys)
 
 
 def channel_importance(model, splits, *, criterion="permutation", calib_batches=4, batch_size=64,
                        options=None, seed=0):
-    """Score every prunable channel of `model` (unchanged) on a few training batches."""
+    """Score every prunable channel of `model` (unchanged, where it is) on a few training batches.
+
+    Scoring runs on the model's device; the scores (small per-channel vectors) come back on the CPU."""
     if criterion not in CRITERIA:
         raise ConvslimError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
     options = options or PermutationOptions(seed=seed)
-    model = model.cpu()
     graph = build_graph(model, example_input(model))
     groups = coupled_groups(model, graph)
-    xs, ys = calibration_batches(splits, calib_batches, batch_size, seed)
+    xs, ys = calibration_batches(splits, calib_batches, batch_size, seed, device=device_of(model))
     contrib, raw = group_scores(model, groups, xs, graph, criterion, options, ys)
     return Importance(criterion, groups, contrib, raw, asdict(options) if criterion == "permutation" else {})
 
 
 def apply_rule(model, importance, rule, value, *, multiple=1):
-    """A pruned copy of `model` plus the channels kept per group; the original is untouched."""
+    """A pruned copy of `model` (on the model's device) plus the channels kept per group; the
+    original is untouched."""
     removals, kept = plan_removals(importance.groups, importance.contributions, rule, value, multiple=multiple)
-    slim = copy.deepcopy(model).cpu()
+    slim = copy.deepcopy(model)
     if removals:
         history = remove_channels(slim, removals, example_input(slim))
         record_of(slim).history += history

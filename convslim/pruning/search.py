@@ -1,5 +1,6 @@
 """The fully automatic pruner: the budget search (convslim.search) over the one cumulative
 contribution rate cr, with channel importance computed once and reused by every probe."""
+from ..distributed import pick_device
 from ..search import SearchConfig, budget_search
 from .prune import apply_rule, channel_importance, kept_per_layer
 
@@ -13,7 +14,7 @@ def auto_prune(model, splits, cfg=None, *, criterion="permutation", options=None
     The final fine-tune distils from `teacher`, or from the original model when `cfg.distill`.
     """
     cfg = (cfg or SearchConfig()).check()
-    model = model.cpu().eval()
+    model = model.to(pick_device(cfg.device)).eval()   # scored, pruned and fine-tuned on cfg.device
     imp = importance or channel_importance(model, splits, criterion=criterion, calib_batches=calib_batches,
                                            options=options, seed=cfg.seed)
 

@@ -7,11 +7,15 @@ code: `replay_history` redoes the same removals on a freshly built base model.
 import torch
 import torch_pruning as tp
 
+from ..checkpoint import device_of
 from ..errors import ConvslimError
 
 
 def build_graph(model, example_input):
-    """Trace `model` into a DependencyGraph; a model it cannot trace is a user-facing error."""
+    """Trace `model` into a DependencyGraph (the example runs on the model's device); a model it
+    cannot trace is a user-facing error."""
+    if isinstance(example_input, torch.Tensor):
+        example_input = example_input.to(device_of(model))
     was_training = model.training
     model.eval()
     try:

@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from tqdm import tqdm
 
+from ..checkpoint import device_of
 from ..errors import ConvslimError
 from .calibration import RangeObserver, check_method
 from .quantizers import QuantSpec
@@ -98,13 +99,13 @@ def quantize_weights(model, layers, make):
     for name, mod in layers:
         if parametrize.is_parametrized(mod, "weight"):
             raise ConvslimError(f"layer {name} is already quantized")
-        parametrize.register_parametrization(mod, "weight", make(name, mod))
+        parametrize.register_parametrization(mod, "weight", make(name, mod).to(device_of(mod)))
     return model
 
 
 def quantize_inputs(model, layers, spec, *, method="minmax", percentile=99.99):
     for _, mod in layers:
-        mod.act_quant = ActQuant(spec, method, percentile)
+        mod.act_quant = ActQuant(spec, method, percentile).to(device_of(mod))
         mod.register_forward_pre_hook(_quantize_input)
     return model
 
@@ -126,12 +127,13 @@ def calibrate(model, images, *, batch_size=64, progress=False):
     for aq in aqs:
         aq.observer = RangeObserver(aq.method, bits=aq.spec.bits, percentile=aq.percentile)
     passes = ["observe"] + (["hist"] if aqs[0].observer.needs_histogram else [])
+    device = device_of(model)
     for mode in passes:
         for aq in aqs:
             aq.mode = mode
         for i in tqdm(range(0, len(images), batch_size), desc=f"calibrate ({mode})", leave=False,
                       disable=not progress):
-            model(images[i:i + batch_size])
+            model(images[i:i + batch_size].to(device))
     for aq in aqs:
         lo, hi = aq.observer.range()
         aq.lo.fill_(lo)
@@ -184,7 +186,7 @@ def lookup(codes, codebook):
     """Weights from codes: codebook row per output channel (or one row for the whole tensor)."""
     if codebook.shape[0] == 1:
         return codebook[0][codes]
-    rows = torch.arange(codes.shape[0]).reshape(-1, *([1] * (codes.ndim - 1))).expand_as(codes)
+    rows = torch.arange(codes.shape[0], device=codes.device).reshape(-1, *([1] * (codes.ndim - 1))).expand_as(codes)
     return codebook[rows, codes]
 
 

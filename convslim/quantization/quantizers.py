@@ -143,7 +143,7 @@ class QuantSpec:
         scale, zp = self.params(lo, hi)
         qmin, qmax = self.qrange
         q = quantize(x.detach(), self.broadcast(scale, x), self.broadcast(zp, x), qmin, qmax)
-        levels = torch.arange(qmin, qmax + 1, dtype=torch.float32)
+        levels = torch.arange(qmin, qmax + 1, dtype=torch.float32, device=scale.device)
         codebook = (levels[None, :] - zp.reshape(-1, 1)) * scale.reshape(-1, 1)
         return (q - qmin).to(torch.int64), codebook
 

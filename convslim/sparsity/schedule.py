@@ -9,6 +9,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from ..distill import kd_loss_fn
+from ..distributed import pick_device
 from ..errors import ConvslimError
 from ..train import TrainConfig, evaluate, fit
 from .magnitude import SCOPES, keep_masks, magnitude_masks, sparsity_table
@@ -53,13 +54,15 @@ def targets(cfg):
 
 def sparsify(model, splits=None, cfg=None, *, progress=True, echo=print):
     """A sparse copy of `model` (masks applied and held through fine-tuning); returns
-    (model, masks, summary). Without data it prunes once at the final sparsity."""
+    (model, masks, summary). With data, both models end on cfg.device (where the fine-tunes and
+    scores run); without data it prunes once at the final sparsity, where the model is."""
     cfg = (cfg or SparsifyConfig()).check()
-    dense = model.cpu().eval()
+    device = pick_device(cfg.device) if splits is not None else None   # fine-tuning and scoring
+    dense = model.eval()
     sparse = copy.deepcopy(dense)
     steps = targets(cfg) if splits is not None else [cfg.sparsity]
     loss_fn = kd_loss_fn(copy.deepcopy(dense)) if cfg.distill and splits is not None else None
-    base_val = evaluate(dense, splits, "val")["top1"] if splits is not None else None
+    base_val = evaluate(dense, splits, "val", device=device)["top1"] if splits is not None else None
     log, masks = [], {}
     for i, target in enumerate(steps, 1):
         t0 = time.perf_counter()
@@ -70,11 +73,11 @@ def sparsify(model, splits=None, cfg=None, *, progress=True, echo=print):
                 fit(sparse, splits, TrainConfig(epochs=epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed + i,
                                                 device=cfg.device, progress=progress),
                     loss_fn=loss_fn, validate=False)
-        sparse.cpu().eval()
+        sparse.eval()
         rec = {"step": i, "target": target, "sparsity": sparsity_table(sparse, cfg.exclude)[1],
                "seconds": time.perf_counter() - t0}
         if splits is not None:
-            rec["val_acc"] = evaluate(sparse, splits, "val")["top1"]
+            rec["val_acc"] = evaluate(sparse, splits, "val", device=device)["top1"]
         log.append(rec)
         if progress:
             tail = f", val {rec['val_acc']:.2f}% (dense {base_val:.2f}%)" if splits is not None else ""
