@@ -27,7 +27,7 @@ from convslim.fileio import write_text_atomic
 from convslim.metrics import count, latency
 from convslim.pruning.criteria import PermutationOptions
 from convslim.pruning.prune import apply_rule, channel_importance
-from convslim.search import SearchConfig, flops_params, recover
+from convslim.search import SearchConfig, flops_params, recover, task_for
 from convslim.session import data_for
 from convslim.train import TrainConfig, evaluate, fit
 from common import CIFAR, RESULTS, git_commit, machine
@@ -117,7 +117,7 @@ def finetune(slim, splits, args, seed):
     """BN re-estimation, the proxy probe (copy), then the fine-tune every method shares."""
     cfg = SearchConfig(probe_epochs=0, lr=args.lr, seed=seed, device=args.device)
     t0 = time.perf_counter()
-    recover(slim, splits, cfg)
+    recover(slim, task_for(splits, cfg), cfg)
     out = {"bn_val": evaluate(slim, splits, "val")["top1"]}
     if args.proxy_epochs > 0 and seed in args.proxy_seeds:   # the search's probe: BN done, then a short fit
         probe = copy.deepcopy(slim)

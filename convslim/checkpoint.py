@@ -247,11 +247,13 @@ def rebuild(payload, source, *, model=None, trust_code=False):
 
     arch = payload["arch"]
     spec = str(arch.get("model"))
-    if model is None:
+    if model is not None:
+        ensure_record(model, payload["input_shape"])
+    else:
         if not (is_zoo(spec) or trust_code):
             raise ConvslimError(f"{source} was made from code outside convslim's zoo ({spec!r}), and a model file "
                                 f"never chooses which code runs: pass that code yourself, --model FILE.py:FACTORY "
-                                f"--weights {source} (Python: convslim.load(path, trust_code=True))")
+                                f"--weights {source} (Python: convslim.load(path, model=YourNet()))")
         model = build_model(spec, num_classes=arch["num_classes"], in_channels=arch["in_channels"],
                             width=arch["width"], input_shape=payload["input_shape"], output=arch.get("output"),
                             check=False)
@@ -267,7 +269,10 @@ def rebuild(payload, source, *, model=None, trust_code=False):
     return model.eval()
 
 
-def load(path, *, trust_code=False):
+def load(path, *, model=None, trust_code=False):
     """Rebuild a saved model (architecture, replayed channel removals and edits, weights) in eval mode.
-    A model made from your own code needs `trust_code=True` (the file names which code to import)."""
-    return rebuild(read(path), path, trust_code=trust_code)
+
+    A model made from your own code is rebuilt onto `model`, a fresh instance of the original
+    (unpruned) module you build yourself, or with `trust_code=True`, which imports the code the file
+    names; a file never chooses code to run on its own."""
+    return rebuild(read(path), path, model=model, trust_code=trust_code)

@@ -19,13 +19,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .checkpoint import example_input, load, save
-from .distill import kd_loss_fn
+from .checkpoint import device_of, example_input, read, rebuild, record_of, save
 from .distributed import pick_device
 from .errors import ConvslimError
 from .fileio import write_text_atomic
 from .metrics import count
-from .train import TrainConfig, evaluate, fit, recalibrate_bn
+from .task import as_task
+from .train import TrainConfig, recalibrate_bn
 
 
 @dataclass
@@ -62,12 +62,11 @@ class SearchConfig:
                            device=self.device, progress=progress)
 
 
-def recover(model, splits, cfg, progress=False):
-    """Make a probe judgeable: re-estimate BN statistics, then a short fine-tune."""
-    recalibrate_bn(model, splits, batches=cfg.bn_batches, batch_size=cfg.batch_size, seed=cfg.seed,
-                   device=pick_device(cfg.device))
-    if cfg.probe_epochs > 0:
-        fit(model, splits, cfg.train_config(cfg.probe_epochs, progress), validate=False)
+def recover(model, task, cfg):
+    """Make a probe judgeable: re-estimate BN statistics, then the task's short fine-tune."""
+    recalibrate_bn(model, task.bn_data if task.bn_data is not None else task.batches, batches=cfg.bn_batches,
+                   batch_size=cfg.batch_size, seed=cfg.seed, device=device_of(model))
+    task.tune(model, cfg.probe_epochs)
     return model
 
 
@@ -111,15 +110,16 @@ def flops_params(a, b):
             "params_reduction": 100 * (1 - b["params"] / a["params"])}
 
 
-def budget_search(model, splits, cfg, make, *, key, header, teacher=None, log_path=None, progress=True,
+def budget_search(model, task, cfg, make, *, key, header, teacher=None, log_path=None, progress=True,
                   echo=print):
-    """Search `key` in [0, 1] with `make(value) -> (candidate, record fields)`; returns
+    """Search `key` in [0, 1] with `make(value) -> (candidate, record fields)`, judged by
+    `task.evaluate` (any metric, higher is better; the budget is in its units); returns
     (fine-tuned best model, summary, the best probe's record or None)."""
     cfg = cfg.check()
+    task = task_for(task, cfg)
     t_start = time.perf_counter()
-    device = pick_device(cfg.device)   # every probe, fine-tune and score runs here; the result stays here
-    model = model.to(device).eval()
-    base_val = evaluate(model, splits, "val", device=device)["top1"]
+    model = model.eval()
+    base_val = float(task.evaluate(model))
     log = SearchLog(log_path, {**header, "config": asdict(cfg), "base_val_acc": round(base_val, 6)})
     base_counts = count(model, example_input(model))
     lo, hi, best, best_rec = 0.0, 1.0, None, None
@@ -129,13 +129,14 @@ def budget_search(model, splits, cfg, make, *, key, header, teacher=None, log_pa
             lo, hi = (lo, rec[key]) if rec["decision"] == "keep" else (rec[key], hi)
         kept = [r for r in log.probes if r["decision"] == "keep"]
         if kept and log.candidate_path.exists():
-            best, best_rec = load(log.candidate_path, trust_code=True).to(device), min(kept, key=lambda r: r["flops"])
+            best = rebuild(read(log.candidate_path), log.candidate_path, model=fresh_base(model))
+            best, best_rec = best.to(device_of(model)), min(kept, key=lambda r: r["flops"])
     while hi - lo > cfg.min_interval + 1e-12:
         value = (lo + hi) / 2
         t0 = time.perf_counter()
         cand, fields = make(value)
-        recover(cand, splits, cfg)
-        val = evaluate(cand, splits, "val", device=device)["top1"]
+        recover(cand, task, cfg)
+        val = float(task.evaluate(cand))
         counts = count(cand, example_input(cand))
         ok = val + cfg.max_acc_loss >= base_val
         rec = {"probe": len(log.probes) + 1, key: value, **fields, "flops": counts["flops"],
@@ -151,7 +152,7 @@ def budget_search(model, splits, cfg, make, *, key, header, teacher=None, log_pa
             lo = value
         log.add(rec)
         if progress:
-            echo(f"probe {rec['probe']}: {key} {value:.4f}  val {val:.2f}% (base {base_val:.2f}%)  "
+            echo(f"probe {rec['probe']}: {key} {value:.4f}  {task.metric} {val:.2f} (base {base_val:.2f})  "
                  f"FLOPs -{100 * (1 - counts['flops'] / base_counts['flops']):.1f}%  {rec['decision']}  "
                  f"{rec['seconds']:.1f}s")
     if best is None:
@@ -160,19 +161,43 @@ def budget_search(model, splits, cfg, make, *, key, header, teacher=None, log_pa
         best = copy.deepcopy(model)
     t_final = time.perf_counter()
     teacher = teacher if teacher is not None else (copy.deepcopy(model) if cfg.distill else None)
-    if best_rec is not None and cfg.final_epochs > 0:
-        fit(best, splits, cfg.train_config(cfg.final_epochs, progress), validate=False,
-            loss_fn=kd_loss_fn(teacher) if teacher is not None else None)
+    if best_rec is not None:
+        task.tune(best, cfg.final_epochs, teacher)
     best = best.eval()
     summary = {
-        "base_val_acc": base_val, "final_val_acc": evaluate(best, splits, "val", device=device)["top1"],
-        "base_test_acc": evaluate(model, splits, "test", device=device)["top1"],
-        "test_acc": evaluate(best, splits, "test", device=device)["top1"],
+        "metric": task.metric, "base_val_acc": base_val, "final_val_acc": float(task.evaluate(best)),
         "probes": len(log.probes), "search_seconds": sum(r["seconds"] for r in log.probes),
         "final_seconds": time.perf_counter() - t_final, "seconds_this_run": time.perf_counter() - t_start,
         "epochs": len(log.probes) * cfg.probe_epochs + (cfg.final_epochs if best_rec is not None else 0),
         "pruned": best_rec is not None,
         f"chosen_{key}": best_rec[key] if best_rec else 1.0, "max_acc_loss": cfg.max_acc_loss, "log": log.probes,
     }
+    if task.test is not None:
+        summary.update(base_test_acc=float(task.test(model)), test_acc=float(task.test(best)))
     summary.update(flops_params(base_counts, count(best, example_input(best))))
     return best, summary, best_rec
+
+
+def task_for(data, cfg, **callables):
+    """The Task a search runs on: convslim Splits with cfg's fine-tuning settings, or the user's."""
+    return as_task(data, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed, device=cfg.device, **callables)
+
+
+def on_search_device(model, data, cfg):
+    """convslim's own data runs the search on cfg.device; a user's task leaves the model where it is."""
+    from .data import Splits
+
+    return model.to(pick_device(cfg.device)) if isinstance(data, Splits) else model
+
+
+def fresh_base(model):
+    """The unpruned base of `model`, for replaying a saved candidate's full history onto: the model
+    itself (copied) when nothing was removed from it yet, else rebuilt from its architecture."""
+    from .modelspec import build_model
+
+    rec = record_of(model)
+    if not rec.history and not rec.edits:
+        return copy.deepcopy(model)
+    a = rec.arch
+    return build_model(a["model"], num_classes=a["num_classes"], in_channels=a["in_channels"], width=a["width"],
+                       input_shape=rec.input_shape, output=a.get("output"), check=False).to(device_of(model))

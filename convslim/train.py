@@ -193,20 +193,30 @@ def evaluate(model, splits, split="test", *, batch_size=256, device=None, limit=
 
 
 @torch.no_grad()
-def recalibrate_bn(model, splits, *, batches=20, batch_size=128, device=None, seed=0):
-    """Re-estimate BatchNorm running statistics after surgery (cumulative average, no grads)."""
+def recalibrate_bn(model, data, *, batches=20, batch_size=128, device=None, seed=0):
+    """Re-estimate BatchNorm running statistics after surgery (cumulative average, no grads), from
+    convslim Splits (augmented training batches) or the first `batches` of any iterable of inputs
+    or (input, target) pairs."""
+    from .data import Splits
+    from .task import take_batches
+
     device = device or dist.pick_device("auto")
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return model
+    if isinstance(data, Splits):
+        inputs = (x for x, _ in data.loader("train", batch_size, seed=seed, device=device, limit=batches * batch_size))
+    else:
+        inputs = iter(take_batches(data, batches, device)[0])
     momenta = [m.momentum for m in bns]
     for m in bns:
         m.reset_running_stats()
         m.momentum = None
     model.to(device).train()
-    loader = splits.loader("train", batch_size, seed=seed, device=device, limit=batches * batch_size)
-    for x, _ in loader:
-        model(x)
-    for m, mom in zip(bns, momenta):
-        m.momentum = mom
+    try:
+        for x in inputs:
+            model(x)
+    finally:
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
     return model.eval()

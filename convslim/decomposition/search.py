@@ -1,26 +1,29 @@
 """Automatic decomposition (DESIGN.md 1.3 applied to low rank): binary search over the one energy
-threshold against an accuracy budget on the validation split, a short fine-tune per probe.
+threshold against an accuracy budget, a short fine-tune per probe.
 
-Reuses the pruner's SearchConfig, probe recovery and resumable JSON log: the same loop with
-energy in place of the cumulative contribution rate.
+Reuses the pruner's SearchConfig, probe recovery, resumable JSON log and Task protocol: the same
+loop with energy in place of the cumulative contribution rate.
 """
-from ..distributed import pick_device
-from ..search import SearchConfig, budget_search
+from ..checkpoint import ensure_record
+from ..search import SearchConfig, budget_search, on_search_device, task_for
 from .model import decompose
 
 
-def auto_decompose(model, splits, method="tucker", cfg=None, *, layers=None, log_path=None, model_id="",
+def auto_decompose(model, data=None, method="tucker", cfg=None, *, example_input=None, evaluate=None,
+                   finetune=None, batches=None, test=None, layers=None, log_path=None, model_id="",
                    progress=True, echo=print):
     """Search the energy, keep the fewest-FLOPs candidate within budget, fine-tune it; returns
-    (model, summary)."""
+    (model, summary). `data` and the callables are those of `convslim.auto_prune`."""
     cfg = (cfg or SearchConfig()).check()
-    model = model.to(pick_device(cfg.device)).eval()   # decomposed and fine-tuned on cfg.device
+    task = task_for(data, cfg, evaluate=evaluate, finetune=finetune, batches=batches, test=test)
+    ensure_record(model, example_input, task.batches if example_input is None else None)
+    model = on_search_device(model, data, cfg).eval()
 
     def make(energy):
         cand, rows = decompose(model, method, energy, layers=layers)
         return cand, {"layers": rows}
 
-    best, summary, best_rec = budget_search(model, splits, cfg, make, key="energy",
+    best, summary, best_rec = budget_search(model, task, cfg, make, key="energy",
                                             header={"model": model_id, "method": method, "layers": layers},
                                             log_path=log_path, progress=progress, echo=echo)
     summary.update(method=method, layers=best_rec["layers"] if best_rec else [])

@@ -1,6 +1,6 @@
 """Score once, then prune a copy under a fixed rule: the building block of the search.
 
-    imp = channel_importance(model, splits)              # every coupled group scored once
+    imp = channel_importance(model, data)                # every coupled group scored once
     slim, kept = apply_rule(model, imp, "cr", 0.8)       # a genuinely smaller copy
 """
 import copy
@@ -8,7 +8,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from ..checkpoint import device_of, example_input, record_of
+from ..checkpoint import device_of, ensure_record, example_input as example, record_of
+from ..task import take_batches
 from ..errors import ConvslimError
 from .criteria import CRITERIA, PermutationOptions, group_scores
 from .retention import coupled_groups, plan_removals
@@ -28,27 +29,38 @@ class Importance:
         return {g.root: g.size for g in self.groups}
 
 
-def calibration_batches(splits, batches, batch_size, seed=0, device="cpu"):
-    """Labelled, un-augmented training batches for scoring (never validation or test), on `device`."""
+def calibration_batches(data, batches, batch_size, seed=0, device="cpu"):
+    """(inputs, targets) for scoring: from convslim Splits, labelled un-augmented training batches
+    (never validation or test); from any other iterable, its first `batches` batches."""
+    from ..data import Splits
+
     if batches < 1:
         raise ConvslimError(f"calibration needs at least one batch, got {batches}")
-    loader = splits.loader("train", batch_size, shuffle=True, augment=False, seed=seed,
-                           limit=batches * batch_size, device=device)
+    if not isinstance(data, Splits):
+        xs, ys = take_batches(getattr(data, "batches", data), batches, device)
+        return xs, (ys if all(y is not None for y in ys) else None)
+    loader = data.loader("train", batch_size, shuffle=True, augment=False, seed=seed,
+                         limit=batches * batch_size, device=device)
     xs, ys = zip(*loader)
     return list(xs), list(ys)
 
 
-def channel_importance(model, splits, *, criterion="permutation", calib_batches=4, batch_size=64,
-                       options=None, seed=0):
-    """Score every prunable channel of `model` (unchanged, where it is) on a few training batches.
+def channel_importance(model, data, *, criterion="permutation", calib_batches=4, batch_size=64,
+                       options=None, seed=0, example_input=None, ignored_layers=()):
+    """Score every prunable channel of `model` (unchanged, where it is) on a few batches of `data`:
+    convslim Splits, a Task, or any iterable of inputs or (input, target) pairs (a DataLoader).
 
-    Scoring runs on the model's device; the scores (small per-channel vectors) come back on the CPU."""
+    `example_input` (a tensor or a shape) tells convslim the input of a plain nn.Module (default: the
+    first batch); `ignored_layers` (names or fnmatch patterns) are never pruned, nor are the layers
+    whose outputs are the model's outputs. Scoring runs on the model's device; the scores (small
+    per-channel vectors) come back on the CPU."""
     if criterion not in CRITERIA:
         raise ConvslimError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
+    ensure_record(model, example_input, getattr(data, "batches", data) if example_input is None else None)
     options = options or PermutationOptions(seed=seed)
-    graph = build_graph(model, example_input(model))
-    groups = coupled_groups(model, graph)
-    xs, ys = calibration_batches(splits, calib_batches, batch_size, seed, device=device_of(model))
+    graph = build_graph(model, example(model))
+    groups = coupled_groups(model, graph, ignored_layers)
+    xs, ys = calibration_batches(data, calib_batches, batch_size, seed, device=device_of(model))
     contrib, raw = group_scores(model, groups, xs, graph, criterion, options, ys)
     return Importance(criterion, groups, contrib, raw, asdict(options) if criterion == "permutation" else {})
 
@@ -59,19 +71,21 @@ def apply_rule(model, importance, rule, value, *, multiple=1):
     removals, kept = plan_removals(importance.groups, importance.contributions, rule, value, multiple=multiple)
     slim = copy.deepcopy(model)
     if removals:
-        history = remove_channels(slim, removals, example_input(slim))
+        history = remove_channels(slim, removals, example(slim))
         record_of(slim).history += history
     return slim.eval(), {root: len(k) for root, k in kept.items()}
 
 
-def prune(model, splits, *, cr=None, ratio=None, ratios=None, criterion="permutation", calib_batches=4,
-          batch_size=64, options=None, multiple=1, seed=0):
-    """Prune once with one fixed rule (no search); returns the smaller model and kept counts."""
+def prune(model, data, *, cr=None, ratio=None, ratios=None, criterion="permutation", calib_batches=4,
+          batch_size=64, options=None, multiple=1, seed=0, example_input=None, ignored_layers=()):
+    """Prune once with one fixed rule (no search); returns the smaller model and kept counts.
+    `data` and the keywords are those of `channel_importance`."""
     chosen = [(k, v) for k, v in (("cr", cr), ("ratio", ratio), ("ratios", ratios)) if v is not None]
     if len(chosen) != 1:
         raise ConvslimError("give exactly one rule: cr, ratio or ratios")
-    imp = channel_importance(model, splits, criterion=criterion, calib_batches=calib_batches,
-                             batch_size=batch_size, options=options, seed=seed)
+    imp = channel_importance(model, data, criterion=criterion, calib_batches=calib_batches,
+                             batch_size=batch_size, options=options, seed=seed, example_input=example_input,
+                             ignored_layers=ignored_layers)
     rule, value = chosen[0]
     return apply_rule(model, imp, rule, value, multiple=multiple)
 

@@ -6,6 +6,7 @@ DependencyGraph finds them. Each group has a root layer (the name used to remove
 and member layers whose output channels it owns; a group channel's contribution is the mean of
 the members' per-layer contributions P, renormalised to sum to 1 over the group.
 """
+import fnmatch
 import math
 import sys
 from dataclasses import dataclass, field
@@ -28,13 +29,40 @@ class ChannelGroup:
         return [m[0] for m in self.members]
 
 
-def classifier_name(model):
-    """The last Linear layer: its outputs are the classes and are never pruned."""
-    last = None
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            last = name
-    return last
+def output_layers(graph):
+    """The conv and linear layers whose output channels are the model's outputs, whatever their
+    type (a linear classifier, a 1x1 conv head, a segmentation head): found by walking back from
+    the graph's outputs through channel-preserving operations until a conv or linear is met."""
+    nodes = list(graph.module2node.values())
+    stack = [n for n in nodes if not n.outputs]
+    found, seen = [], set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node.module, (nn.Conv2d, nn.Linear)) and not _is_depthwise(node.module):
+            found.append(node.module)
+        else:
+            stack.extend(node.inputs)
+    return found
+
+
+def _is_depthwise(module):
+    return isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels == module.out_channels
+
+
+def matching_layers(model, patterns):
+    """Modules named by `patterns` (exact names or fnmatch patterns such as 'head.*'); a pattern
+    that names nothing is an error, so a typo never silently prunes what was meant to be kept."""
+    named = dict(model.named_modules())
+    chosen = []
+    for pattern in patterns:
+        hits = [m for n, m in named.items() if n and (n == pattern or fnmatch.fnmatchcase(n, pattern))]
+        if not hits:
+            raise ConvslimError(f"ignored layer {pattern!r} matches no layer of the model")
+        chosen += hits
+    return chosen
 
 
 def _uneven_grouped_conv(module):
@@ -43,11 +71,11 @@ def _uneven_grouped_conv(module):
         module.groups == module.in_channels == module.out_channels)
 
 
-def coupled_groups(model, graph):
-    """Every prunable group of output channels, the classifier's and grouped convs' excepted."""
+def coupled_groups(model, graph, ignored_layers=()):
+    """Every prunable group of output channels, except the model's output layers, the layers the
+    user ignores (names or patterns) and channels bound to grouped convs."""
     names = {m: n for n, m in model.named_modules()}
-    head = classifier_name(model)
-    ignored = [dict(model.named_modules())[head]] if head else []
+    ignored = output_layers(graph) + matching_layers(model, ignored_layers)
     groups, grouped = [], set()
     for tp_group in graph.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)):
         bound = [names[item.dep.target.module] for item in tp_group if _uneven_grouped_conv(item.dep.target.module)]

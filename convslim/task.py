@@ -1,0 +1,151 @@
+"""The protocol every compressor speaks: what it needs of the user's world, and nothing more.
+
+- a plain `nn.Module` and an example input (a tensor, or a shape such as (3, 64, 64));
+- `batches`: any iterable of inputs, or of (input, target, ...) tuples: a DataLoader, a list;
+  used for importance scoring, BatchNorm re-estimation and quantization calibration;
+- `finetune(model, epochs)`: any callable that trains the model in place;
+- `evaluate(model) -> float`: any metric, higher is better (top-1, mAP, mIoU).
+
+convslim's own data (`Splits`) and trainer are one implementation of it, `Task.from_splits`, used
+by the CLI; a user's loader, loop and metric are another, and the searches cannot tell them apart.
+
+    task = convslim.Task(evaluate=my_miou, batches=train_loader, finetune=my_train)
+    slim, summary = convslim.auto_prune(model, task, example_input=torch.randn(1, 3, 128, 128))
+"""
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional
+
+import torch
+
+from .errors import ConvslimError
+
+
+@dataclass
+class Task:
+    """A model's world as the compressors see it (see the module docstring)."""
+
+    evaluate: Callable                       # model -> float, higher is better; judges every decision
+    batches: Optional[Iterable] = None       # inputs or (input, target) pairs
+    finetune: Optional[Callable] = None      # (model, epochs) -> anything; trains in place
+    test: Optional[Callable] = None          # model -> float, reported only (a held-out test split)
+    metric: str = "score"                    # the name of what evaluate returns, for tables
+    teacher_finetune: Optional[Callable] = None   # (model, epochs, teacher) -> distilling fine-tune
+    bn_data: object = None                   # what BatchNorm re-estimation reads (default: batches)
+
+    def tune(self, model, epochs, teacher=None):
+        """Fine-tune with the task's loop; with a teacher, its distilling loop when it has one."""
+        if epochs <= 0:
+            return None
+        if teacher is not None and self.teacher_finetune is not None:
+            return self.teacher_finetune(model, epochs, teacher)
+        if self.finetune is None:
+            raise ConvslimError("this step fine-tunes, but no finetune(model, epochs) was given; pass one "
+                                "(or 0 epochs)")
+        return self.finetune(model, epochs)
+
+    @classmethod
+    def from_splits(cls, splits, *, lr=0.01, batch_size=128, seed=0, device="auto", progress=False,
+                    calib_batch_size=64):
+        """convslim's own data and trainer behind the protocol: validation top-1 judges, the test
+        split is reported, the trainer fine-tunes (distilling when given a teacher)."""
+        from .train import TrainConfig, evaluate, fit
+
+        def config(epochs):
+            return TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
+                               progress=progress)
+
+        def finetune(model, epochs):
+            return fit(model, splits, config(epochs), validate=False)
+
+        def distil(model, epochs, teacher):
+            from .distill import kd_loss_fn
+            return fit(model, splits, config(epochs), validate=False, loss_fn=kd_loss_fn(teacher))
+
+        return cls(evaluate=lambda m: evaluate(m, splits, "val")["top1"],
+                   test=lambda m: evaluate(m, splits, "test")["top1"],
+                   batches=SplitBatches(splits, calib_batch_size, seed), finetune=finetune,
+                   teacher_finetune=distil, metric="top-1 %", bn_data=splits)
+
+
+class SplitBatches:
+    """Labelled, un-augmented, shuffled training batches of a `Splits` (never validation or test);
+    iterable again and again, the same batches each time."""
+
+    def __init__(self, splits, batch_size=64, seed=0):
+        self.splits, self.batch_size, self.seed = splits, batch_size, seed
+
+    def __iter__(self):
+        return iter(self.splits.loader("train", self.batch_size, shuffle=True, augment=False, seed=self.seed))
+
+
+def as_task(data, *, evaluate=None, batches=None, finetune=None, test=None, **split_options):
+    """A Task from what the caller has: a Task, convslim `Splits`, or a plain iterable of batches,
+    with any of the callables given explicitly taking precedence."""
+    from .data import Splits
+
+    if isinstance(data, Task):
+        task = data
+    elif isinstance(data, Splits):
+        task = Task.from_splits(data, **split_options)
+    else:
+        if evaluate is None:
+            raise ConvslimError("give evaluate(model) -> float (higher is better): it judges every decision; "
+                                "or pass convslim Splits, whose validation top-1 is the default")
+        task = Task(evaluate=evaluate, batches=data)
+    overrides = {k: v for k, v in dict(evaluate=evaluate, batches=batches, finetune=finetune, test=test).items()
+                 if v is not None}
+    if overrides:
+        task = Task(**{**task.__dict__, **overrides})
+        if "finetune" in overrides:
+            task.teacher_finetune = None
+    return task
+
+
+def split_batch(batch):
+    """(input, target or None) from a batch as loaders give them: a tensor, a tuple or list
+    (input first, target second), or a dict with 'input'/'image'/'x' and 'target'/'label'/'y'."""
+    if isinstance(batch, torch.Tensor):
+        return batch, None
+    if isinstance(batch, Mapping):
+        x = next((batch[k] for k in ("input", "inputs", "image", "images", "x") if k in batch), None)
+        y = next((batch[k] for k in ("target", "targets", "label", "labels", "y") if k in batch), None)
+    elif isinstance(batch, (tuple, list)) and batch:
+        x, y = batch[0], batch[1] if len(batch) > 1 else None
+    else:
+        x, y = None, None
+    if not isinstance(x, torch.Tensor):
+        raise ConvslimError(f"a batch must be a tensor, an (input, target) pair or a dict with an 'input' "
+                            f"tensor; got {type(batch).__name__}")
+    return x, y if isinstance(y, torch.Tensor) else None
+
+
+def take_batches(batches, n, device=None):
+    """The first `n` batches as lists of inputs and targets (targets None when a batch has none),
+    moved to `device`."""
+    if batches is None:
+        raise ConvslimError("this step needs batches (an iterable of inputs or (input, target) pairs)")
+    xs, ys = [], []
+    for batch in itertools.islice(iter(batches), n):
+        x, y = split_batch(batch)
+        xs.append(x.to(device) if device is not None else x)
+        ys.append(y.to(device) if y is not None and device is not None else y)
+    if not xs:
+        raise ConvslimError("the batches are empty: no input to score, calibrate or re-estimate with")
+    return xs, ys
+
+
+def take_images(batches, n, device=None):
+    """At least min(n, available) input images from the batches, as one tensor."""
+    out, seen = [], 0
+    for batch in iter(batches):
+        x, _ = split_batch(batch)
+        out.append(x)
+        seen += len(x)
+        if seen >= n:
+            break
+    if not out:
+        raise ConvslimError("the batches are empty: no images to calibrate with")
+    images = torch.cat(out)[:n]
+    return images.to(device) if device is not None else images
