@@ -75,6 +75,7 @@ class SplitBatches:
 
     def __init__(self, splits, batch_size=64, seed=0):
         self.splits, self.batch_size, self.seed = splits, batch_size, seed
+        self.input_shape = splits.input_shape
 
     def __iter__(self):
         return iter(self.splits.loader("train", self.batch_size, shuffle=True, augment=False, seed=self.seed))

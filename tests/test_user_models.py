@@ -117,3 +117,26 @@ def test_search_with_no_probe_kept_changes_nothing_and_claims_nothing(digits):
     assert summary["test_acc"] == summary["base_test_acc"] and summary["epochs"] == 0
     assert all(torch.equal(before[k], v) for k, v in best.state_dict().items())
     assert any("nothing is pruned, nothing is fine-tuned" in line for line in lines)
+
+
+def test_ignored_layers_keep_their_channels_and_a_typo_is_named(digits):
+    model = branches()
+    slim, _ = convslim.prune(model, digits, ratio=0.5, criterion="l1", ignored_layers=["wide.*"])
+    assert slim.wide[0].out_channels == 16 and slim.stem[0].out_channels < 8
+    with pytest.raises(convslim.ConvslimError, match="matches no layer"):
+        convslim.prune(branches(), digits, ratio=0.5, criterion="l1", ignored_layers=["wdie.*"])
+
+
+def test_a_plain_module_takes_its_input_size_from_the_example():
+    """FLOPs of a 64x64 model are those of a 64x64 input, not of a guessed 32x32 one."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    batches = [(torch.randn(4, 3, 64, 64), torch.randint(0, 4, (4,))) for _ in range(2)]
+    imp = convslim.channel_importance(model, batches, criterion="l1")
+    flops = convslim.count(model, torch.randn(1, 3, 64, 64))["flops"]
+    from convslim.checkpoint import example_input, record_of
+    assert record_of(model).input_shape == [3, 64, 64]
+    assert convslim.count(model, example_input(model))["flops"] == flops
+    slim, kept = convslim.apply_rule(model, imp, "ratio", 0.5)
+    assert slim[0].out_channels == 4 and slim[-1].out_features == 4

@@ -4,12 +4,11 @@ from pathlib import Path
 
 from ..checkpoint import save
 from ..errors import ConvslimError
-from ..fileio import write_text_atomic
 from ..pruning.criteria import CRITERIA, PermutationOptions
 from ..pruning.importance import ESTIMATORS, MEASURES, PERMS
 from ..search import SearchConfig
 from .common import (add_data_args, add_model_args, fraction, non_negative, open_model_and_data, open_teacher,
-                     positive, positive_int)
+                     positive, positive_int, write_json)
 
 
 def add_importance_args(p):
@@ -23,6 +22,9 @@ def add_importance_args(p):
                    help="change measured at the conv (default) or after its BatchNorm")
     p.add_argument("--calib-batches", type=positive_int, default=4, help="training batches used for scoring")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    p.add_argument("--ignore", type=lambda t: [x.strip() for x in t.split(",") if x.strip()], default=[],
+                   help="layers never pruned: names or patterns, comma-separated (head.*,stem.0); the model's "
+                        "output layers are always kept")
     p.add_argument("--multiple", type=positive_int, default=1, help="round channel counts up to a multiple")
 
 
@@ -74,7 +76,7 @@ def cmd_prune(args):
     teacher = open_teacher(args)
     model, splits = open_model_and_data(args)
     imp = channel_importance(model, splits, criterion=args.criterion, calib_batches=args.calib_batches,
-                             options=options_from(args), seed=args.seed)
+                             options=options_from(args), seed=args.seed, ignored_layers=args.ignore)
     slim, kept = apply_rule(model, imp, rule, value, multiple=args.multiple)
     if args.finetune_epochs > 0:
         from ..distill import kd_loss_fn
@@ -93,7 +95,7 @@ def finish(args, out, summary, model, splits, imp, with_search):
     """What prune and auto print and write once the model is saved: the JSON and the report."""
     print(f"saved {out}")
     if args.json:
-        write_text_atomic(args.json, json.dumps(summary, indent=2))
+        write_json(args, args.json, summary)
     if args.report:
         from ..pruning.report import write_pruning_report
         report = write_pruning_report(args.report, model, splits, imp, summary=summary if with_search else None)
@@ -114,7 +116,7 @@ def cmd_auto(args):
     print(f"searching cr in [0, 1] to within {cfg.min_interval} ({cfg.probes} probes), "
           f"budget {cfg.max_acc_loss} points on the validation split; log {log}")
     imp = channel_importance(model, splits, criterion=args.criterion, calib_batches=args.calib_batches,
-                             options=options_from(args), seed=args.seed)
+                             options=options_from(args), seed=args.seed, ignored_layers=args.ignore)
     try:
         best, summary = auto_prune(model, splits, cfg, importance=imp, teacher=teacher, log_path=log,
                                    model_id=str(Path(args.model).resolve()) if args.model.endswith(".pt") else args.model)
