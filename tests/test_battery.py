@@ -126,6 +126,7 @@ CASES = [
     _case("prune", "--model", M, *D, "--cr", "0.5", "--criterion", "bogus", "--out", "o.pt", msg="--criterion"),
     _case("prune", "--model", M, *D, "--cr", "0.5", "--out", "o.pt", "--json", "o.pt", msg="two outputs"),
     _case("prune", "--model", M, *D, "--cr", "0.5", "--teacher", "resnet20", "--out", "o.pt", msg="--teacher"),
+    _case("prune", "--model", M, *D, "--cr", "0.5", "--ignore", "no.such.*", "--out", "o.pt", msg="matches no layer"),
     # auto
     _case("auto", "--model", M, *D, "--max-acc-loss", "-1", "--out", "o.pt", msg="max-acc-loss"),
     _case("auto", "--model", M, *D, "--min-interval", "0", "--out", "o.pt", msg="min-interval"),
@@ -172,6 +173,12 @@ CASES = [
     _case("compress", "--model", M, *D, "--cr", "0", "--out", "o.csz", msg="--cr"),
     _case("decompress", "--model", "{w}/junk.csz", "--out", "o.pt"),
     _case("decompress", "--model", M, "--out", "o.onnx", msg=".pt"),
+    # --config
+    _case("train", "--model", "digitsnet", *D, "--config", "{w}/none.yaml", "--out", "o.pt", msg="not found"),
+    _case("train", "--model", "digitsnet", *D, "--config", "{w}/notjson.json", "--out", "o.pt", msg="not JSON"),
+    _case("prune", "--model", M, *D, "--config", "{w}/r.json", "--out", "o.pt", msg="no option 'body.0'"),
+    _case("eval", "--model", M, *D, "--config", M, msg="not JSON or YAML"),
+    _case("auto", "--model", M, *D, "--config", W, "--out", "o.pt", msg="is a folder"),
 ]
 
 

@@ -11,7 +11,7 @@ import signal
 import sys
 
 from ..errors import ConvslimError
-from .common import check_command_paths
+from .common import check_command_paths, config_argv, config_path
 
 # Each module adds its subcommands through a `register(subparsers)` function.
 COMMAND_MODULES = ["convslim.cli.core", "convslim.cli.pruning", "convslim.cli.families", "convslim.cli.quantization"]
@@ -20,8 +20,12 @@ COMMAND_MODULES = ["convslim.cli.core", "convslim.cli.pruning", "convslim.cli.fa
 class _Parser(argparse.ArgumentParser):
     """argparse with the one-line error every other mistake gets (no usage block)."""
 
+    config, from_config = None, ()   # a bad value that came from --config FILE says so
+
     def error(self, message):
-        self.exit(2, f"convslim: error: {self.prog.removeprefix('convslim ')}: {message} (see --help)\n")
+        source = next((f" (set in --config {self.config})" for option in self.from_config
+                       if message.startswith(f"argument {option}:")), "")
+        self.exit(2, f"convslim: error: {self.prog.removeprefix('convslim ')}: {message}{source} (see --help)\n")
 
 
 def build_parser():
@@ -29,7 +33,26 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True)
     for module in COMMAND_MODULES:
         importlib.import_module(module).register(sub)
+    for p in sub.choices.values():
+        p.add_argument("--config", metavar="FILE", help="YAML or JSON file of option values (a recipe, per command "
+                       "or shared); options given on the command line override it")
+    parser.commands = sub.choices
     return parser
+
+
+def parse(parser, argv):
+    """The options of a --config file go in front of the command's own tokens, so typed flags win."""
+    sub = parser.commands.get(argv[0]) if argv else None
+    path = config_path(argv[1:]) if sub else None
+    if path is not None:
+        given = {token.split("=", 1)[0] for token in argv[1:] if token.startswith("--")}
+        tokens = config_argv(sub, parser.commands, argv[0], path, given)
+        sub.config, sub.from_config = path, {token.split("=", 1)[0] for token in tokens}
+        argv = [argv[0], *tokens, *argv[1:]]
+    args = parser.parse_args(argv)
+    if sub and args.config != path:   # an abbreviation (--conf) the scan above did not see
+        sub.error("write --config in full")
+    return args
 
 
 class _PipeSafe(io.TextIOBase):
@@ -67,7 +90,7 @@ def _terminate(signum, frame):
 
 def main(argv=None):
     try:
-        args = build_parser().parse_args(argv)
+        args = parse(build_parser(), sys.argv[1:] if argv is None else list(argv))
     except SystemExit as exc:   # --help, or a bad argument already reported in one line
         return exc.code
     stdout = sys.stdout

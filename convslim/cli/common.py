@@ -1,15 +1,16 @@
 """What every subcommand shares: argument types with their ranges, the model/data/teacher options,
 and the one check of every path a command reads or writes (run by `main` before any work)."""
 import argparse
+import json
 import math
 import sys
 from pathlib import Path
 
 from ..errors import ConvslimError
-from ..fileio import check_paths
+from ..fileio import check_paths, write_text_atomic
 
 # Argument names that are files a command reads, files it writes, and folders it writes.
-READ_ARGS = ("model", "weights", "teacher", "student", "ratios", "summary")
+READ_ARGS = ("model", "weights", "teacher", "student", "ratios", "summary", "config")
 WRITE_ARGS = ("out", "json", "log", "csr")
 
 
@@ -197,3 +198,106 @@ def check_command_paths(args):
 def output_suffix(path, suffixes, what="--out"):
     if Path(path).suffix not in suffixes:
         raise ConvslimError(f"{what} must end in {' or '.join(suffixes)}, got {Path(path).name}")
+
+
+# --- recipes: --config FILE in, the resolved settings out -------------------------------------------
+
+def config_path(tokens):
+    """The --config FILE among a command's argv tokens (the last one, as argparse keeps), or None."""
+    path = None
+    for i, token in enumerate(tokens):
+        if token == "--config" and i + 1 < len(tokens):
+            path = tokens[i + 1]
+        elif token.startswith("--config="):
+            path = token.removeprefix("--config=")
+    return path
+
+
+def _read_config(path, fail):
+    """The data in a --config file: JSON, or YAML (of which JSON is a subset) when PyYAML is there."""
+    try:
+        import yaml
+    except ImportError:
+        yaml = None
+    file = Path(path)
+    if file.is_dir() or not file.exists():
+        fail("is a folder, not a file" if file.is_dir() else "file not found")
+    try:
+        text = file.read_text()
+    except (OSError, UnicodeDecodeError):
+        fail("is not JSON or YAML text")
+    if file.suffix == ".json" or yaml is None:
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            fail(f"is not JSON: {exc.msg} (line {exc.lineno})" + ("" if yaml or file.suffix == ".json" else
+                                                                  "; YAML needs PyYAML: pip install pyyaml"))
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        fail(f"is not YAML or JSON: {getattr(exc, 'problem', None) or 'unreadable'}"
+             + (f" (line {mark.line + 1})" if mark else ""))
+
+
+def config_argv(parser, commands, command, path, given):
+    """argv tokens for what a --config file sets, to go before the command's own tokens: each value
+    then passes the same type and choices checks as if typed, and a typed flag wins because argparse
+    keeps the last value. Keys that are command names and hold a mapping are per-command sections
+    (the command's own section wins over the keys shared by every command); in a file with sections a
+    shared key the command lacks is left to the commands that have it, elsewhere it is an error.
+    `given` holds the option strings typed on the command line: a config option typed there too, or
+    whose mutually exclusive rival was (prune's --cr against --ratio), is left out, so that it is
+    neither checked nor in conflict."""
+    def fail(message):
+        parser.error(f"--config {path}: {message}")
+
+    data = _read_config(path, fail)
+    if not isinstance(data, dict):
+        fail("must hold a mapping of option names to values, e.g. {\"epochs\": 5}")
+    sections = {key for key, value in data.items() if key in commands and isinstance(value, dict)}
+    options = {a.dest: a for a in parser._actions if a.option_strings and a.dest not in ("help", "config")}
+    anywhere = {a.dest for p in commands.values() for a in p._actions if a.option_strings}
+    items = [(k, v, not sections) for k, v in data.items() if k not in sections]
+    items += [(k, v, True) for k, v in data.get(command, {}).items()] if command in sections else []
+    known = parser._option_string_actions
+    typed = {known[t] for t in given if t in known}   # and argparse's abbreviations (--epoch):
+    typed |= {a for t in given - known.keys() if t != "--" for o, a in known.items() if o.startswith(t)}
+    tokens = []
+    for key, value, strict in items:
+        dest = str(key).replace("-", "_")
+        if key == "command":            # as written in a --json output's settings
+            if value != command:
+                fail(f"is a recipe for convslim {value}, not {command}")
+            continue
+        if dest not in options:
+            if not strict and dest in anywhere:
+                continue
+            fail(f"convslim {command} has no option {key!r}")
+        action = options[dest]
+        rivals = {a for g in parser._mutually_exclusive_groups if action in g._group_actions
+                  for a in g._group_actions}
+        if value is None or typed & (rivals | {action}):   # null: the default, as settings write it
+            continue
+        option = action.option_strings[-1]
+        if action.nargs == 0:               # a flag: true puts it in, false leaves it out
+            if not isinstance(value, bool):
+                fail(f"{key} is a flag: give true or false, got {value!r}")
+            tokens += [option] if value else []
+        elif isinstance(value, (bool, dict)):
+            fail(f"{key} takes a value, got {value!r}")
+        else:                               # a list: comma-separated, as typed ([] for prune's --ignore)
+            tokens.append(f"{option}={','.join(map(str, value)) if isinstance(value, list) else value}")
+    return tokens
+
+
+def settings(args):
+    """The command and every option's final value (defaults, --config, flags, and what the command
+    filled in, such as the data a saved model records): with it a run can be repeated exactly, and
+    it is itself a --config file: `jq .settings run.json > recipe.json`."""
+    return {k: v for k, v in vars(args).items() if k not in ("func", "folder_args", "config")}
+
+
+def write_json(args, path, payload):
+    """A command's --json output, with the settings that produced it."""
+    write_text_atomic(path, json.dumps({**payload, "settings": settings(args)}, indent=2, default=str))

@@ -1,13 +1,11 @@
 """`convslim train`, `eval`, `profile` and `export`: the commands that do not compress."""
-import json
 from pathlib import Path
 
 from .. import distributed as dist
 from ..checkpoint import record_of, save
-from ..fileio import write_text_atomic
 from ..metrics import human
 from .common import (add_data_args, add_model_args, batches, fraction, int_range, non_negative, open_model,
-                     open_model_and_data, positive, positive_int)
+                     open_model_and_data, positive, positive_int, write_json)
 
 
 OPSETS = (13, 20)   # the opsets torch's exporter and ONNX Runtime both handle for our layers
@@ -36,7 +34,7 @@ def cmd_train(args):
               f"({log['seconds']:.1f}s training, data overhead {100 * log['data_overhead']:.1f}% of step time)")
         print(f"saved {out}")
         if args.json:
-            write_text_atomic(args.json, json.dumps(log, indent=2))
+            write_json(args, args.json, log)
     dist.barrier()
 
 
@@ -86,7 +84,7 @@ def cmd_profile(args):
         print("\nper conv layer as is, as depthwise-separable and as Ghost replacement:")
         print(format_table(compare_layers(model)))
     if args.json:
-        write_text_atomic(args.json, json.dumps(prof, indent=2))
+        write_json(args, args.json, prof)
         print(f"wrote {args.json}")
 
 

@@ -2,22 +2,20 @@
 costs): the families beside channel pruning, each a thin face of its Python API."""
 import argparse
 import copy
-import json
 from pathlib import Path
 
 from ..checkpoint import example_input, record_of, save
 from ..errors import ConvslimError
-from ..fileio import write_text_atomic
 from ..metrics import count
 from ..search import SearchConfig
 from .common import (add_data_args, add_model_args, float_range, fraction, int_range, non_negative, open_data,
-                     open_model, open_model_and_data, positive, positive_int)
+                     open_model, open_model_and_data, positive, positive_int, write_json)
 
 
 def _finish(args, summary, section):
     """--json and --report, shared by every command."""
     if args.json:
-        write_text_atomic(args.json, json.dumps(summary, indent=2, default=str))
+        write_json(args, args.json, summary)
         print(f"wrote {args.json}")
     if args.report:
         from ..report import Report

@@ -6,13 +6,11 @@
     convslim compress --model m.pt --pipeline prune,cluster,huffman --cr 0.9 --out m-dc.csz
     convslim decompress --model m-dc.csz --out m-dc.pt
 """
-import json
 from pathlib import Path
 
 from ..errors import ConvslimError
-from ..fileio import write_text_atomic
 from .common import (add_data_args, add_model_args, float_range, fraction, int_range, non_negative,
-                     open_model_and_data, open_teacher, positive, positive_int)
+                     open_model_and_data, open_teacher, positive, positive_int, write_json)
 
 METHODS = ("ptq", "qat", "lowbit", "binary", "ternary", "cluster")
 
@@ -135,7 +133,7 @@ def cmd_quantize(args):
         _print_int8(res)
         print(f"wrote {out}")
     if args.json:
-        write_text_atomic(args.json, json.dumps(res, indent=2, default=str))
+        write_json(args, args.json, res)
         print(f"wrote {args.json}")
 
 
@@ -161,7 +159,7 @@ def cmd_compress(args):
         save(final, out, compress=info)
     print(f"wrote {out} ({_kib(Path(out).stat().st_size)})")
     if args.json:
-        write_text_atomic(args.json, json.dumps({"rows": rows, **info}, indent=2))
+        write_json(args, args.json, {"rows": rows, **info})
         print(f"wrote {args.json}")
 
 
