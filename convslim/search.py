@@ -73,9 +73,9 @@ def recover(model, task, cfg):
 class SearchLog:
     """The JSON search log: header (what is searched, settings, base accuracy) and the probes."""
 
-    def __init__(self, path, header):
+    def __init__(self, path, header, settings=None):
         self.path = Path(path) if path else None
-        self.data = {"header": header, "probes": []}
+        self.data = {"header": header, "settings": settings, "probes": []}
         if self.path and self.path.exists():
             try:
                 old = json.loads(self.path.read_text())
@@ -87,7 +87,7 @@ class SearchLog:
             if old.get("header") != header:
                 raise ConvslimError(f"search log {self.path} belongs to another run (different model or "
                                     f"settings); remove it or choose another --log")
-            self.data = old
+            self.data = {**old, "settings": settings}   # the settings of the run that wrote last
 
     @property
     def probes(self):
@@ -111,16 +111,17 @@ def flops_params(a, b):
 
 
 def budget_search(model, task, cfg, make, *, key, header, teacher=None, log_path=None, progress=True,
-                  echo=print):
+                  echo=print, settings=None):
     """Search `key` in [0, 1] with `make(value) -> (candidate, record fields)`, judged by
     `task.evaluate` (any metric, higher is better; the budget is in its units); returns
-    (fine-tuned best model, summary, the best probe's record or None)."""
+    (fine-tuned best model, summary, the best probe's record or None). `settings` (the command's
+    resolved options) is kept in the log so the run can be repeated."""
     cfg = cfg.check()
     task = task_for(task, cfg)
     t_start = time.perf_counter()
     model = model.eval()
     base_val = float(task.evaluate(model))
-    log = SearchLog(log_path, {**header, "config": asdict(cfg), "base_val_acc": round(base_val, 6)})
+    log = SearchLog(log_path, {**header, "config": asdict(cfg), "base_val_acc": round(base_val, 6)}, settings)
     base_counts = count(model, example_input(model))
     lo, hi, best, best_rec = 0.0, 1.0, None, None
     if log.probes:

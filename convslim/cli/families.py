@@ -9,7 +9,7 @@ from ..errors import ConvslimError
 from ..metrics import count
 from ..search import SearchConfig
 from .common import (add_data_args, add_model_args, float_range, fraction, int_range, non_negative, open_data,
-                     open_model, open_model_and_data, positive, positive_int, write_json)
+                     open_model, open_model_and_data, positive, positive_int, settings, write_json)
 
 
 def _finish(args, summary, section):
@@ -154,6 +154,7 @@ def cmd_decompose(args):
               f"{cfg.max_acc_loss} points on the validation split; log {log}")
         try:
             slim, summary = auto_decompose(model, splits, args.method, cfg, layers=layers, log_path=log,
+                                           settings=settings(args),
                                            model_id=args.model, progress=not args.quiet)
         except KeyboardInterrupt:
             raise ConvslimError(f"interrupted; run the same command again to resume from {log}") from None

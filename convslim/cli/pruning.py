@@ -8,7 +8,7 @@ from ..pruning.criteria import CRITERIA, PermutationOptions
 from ..pruning.importance import ESTIMATORS, MEASURES, PERMS
 from ..search import SearchConfig
 from .common import (add_data_args, add_model_args, fraction, non_negative, open_model_and_data, open_teacher,
-                     positive, positive_int, write_json)
+                     positive, positive_int, settings, write_json)
 
 
 def add_importance_args(p):
@@ -119,6 +119,7 @@ def cmd_auto(args):
                              options=options_from(args), seed=args.seed, ignored_layers=args.ignore)
     try:
         best, summary = auto_prune(model, splits, cfg, importance=imp, teacher=teacher, log_path=log,
+                                   settings=settings(args),
                                    model_id=str(Path(args.model).resolve()) if args.model.endswith(".pt") else args.model)
     except KeyboardInterrupt:
         raise ConvslimError(f"interrupted; run the same command again to resume from {log}") from None

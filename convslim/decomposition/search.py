@@ -10,8 +10,8 @@ from .model import decompose
 
 
 def auto_decompose(model, data=None, method="tucker", cfg=None, *, example_input=None, evaluate=None,
-                   finetune=None, batches=None, test=None, layers=None, log_path=None, model_id="",
-                   progress=True, echo=print):
+                   finetune=None, batches=None, test=None, layers=None, log_path=None, settings=None,
+                   model_id="", progress=True, echo=print):
     """Search the energy, keep the fewest-FLOPs candidate within budget, fine-tune it; returns
     (model, summary). `data` and the callables are those of `convslim.auto_prune`."""
     cfg = (cfg or SearchConfig()).check()
@@ -25,6 +25,7 @@ def auto_decompose(model, data=None, method="tucker", cfg=None, *, example_input
 
     best, summary, best_rec = budget_search(model, task, cfg, make, key="energy",
                                             header={"model": model_id, "method": method, "layers": layers},
-                                            log_path=log_path, progress=progress, echo=echo)
+                                            log_path=log_path, progress=progress, echo=echo,
+                                     settings=settings)
     summary.update(method=method, layers=best_rec["layers"] if best_rec else [])
     return best, summary

@@ -9,7 +9,7 @@ __all__ = ["SearchConfig", "auto_prune"]
 
 def auto_prune(model, data=None, cfg=None, *, example_input=None, evaluate=None, finetune=None, batches=None,
                test=None, criterion="permutation", options=None, calib_batches=4, importance=None, teacher=None,
-               ignored_layers=(), log_path=None, model_id="", progress=True, echo=print):
+               ignored_layers=(), log_path=None, settings=None, model_id="", progress=True, echo=print):
     """Search cr, keep the fewest-FLOPs candidate within budget, fine-tune it; returns (model, summary).
 
     `data` is convslim Splits (validation top-1 judges, convslim's trainer fine-tunes), a Task, or
@@ -33,6 +33,7 @@ def auto_prune(model, data=None, cfg=None, *, example_input=None, evaluate=None,
 
     header = {"model": model_id, "criterion": imp.criterion, "options": imp.options}
     best, summary, _ = budget_search(model, task, cfg, make, key="cr", header=header, teacher=teacher,
-                                     log_path=log_path, progress=progress, echo=echo)
+                                     log_path=log_path, progress=progress, echo=echo,
+                                     settings=settings)
     summary.update(channels=kept_per_layer(best), base_channels=kept_per_layer(model))
     return best, summary
