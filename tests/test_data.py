@@ -313,6 +313,68 @@ def test_imagefolder_tree_loads_and_caches(tree, tmp_path, monkeypatch):
     assert len(more.train_x) == 11
 
 
+def _cache_file(cache):
+    (path,) = cache.glob("*.pt")
+    return path
+
+
+def _flip_image_byte(path):
+    """Damage one byte inside the stored image tensor (the largest record of the torch zip)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        info = max((i for i in zf.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    with open(path, "r+b") as f:
+        f.seek(info.header_offset + 26)
+        name_len, extra_len = (int.from_bytes(f.read(2), "little") for _ in range(2))
+        at = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
+        f.seek(at)
+        b = f.read(1)
+        f.seek(at)
+        f.write(bytes([b[0] ^ 0xFF]))
+
+
+def _one_note(err, why):
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "data cache" in lines[0] and why in lines[0] and "rebuilding" in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_a_cache_that_fails_its_check_is_rebuilt_with_a_note(tree, tmp_path, capsys):
+    """Damaged image bytes, damaged labels, a valid cache of another data set in its place, a
+    truncated file: each is rebuilt from the source with one line on stderr, never used, never fatal."""
+    cache = tmp_path / "cache"
+    spec = f"imagefolder:{tree}"
+    good = load_data(spec, val_fraction=0.0, cache_dir=str(cache))
+    path = _cache_file(cache)
+    assert capsys.readouterr().err == ""
+
+    def reload(why):
+        d = load_data(spec, val_fraction=0.0, cache_dir=str(cache))
+        _one_note(capsys.readouterr().err, why)
+        assert torch.equal(d.train_x, good.train_x) and torch.equal(d.train_y, good.train_y)
+        assert torch.equal(d.test_x, good.test_x) and torch.equal(d.test_y, good.test_y)
+        again = load_data(spec, val_fraction=0.0, cache_dir=str(cache))     # the rebuilt cache is sound
+        assert capsys.readouterr().err == "" and torch.equal(again.train_x, good.train_x)
+
+    _flip_image_byte(path)
+    reload("checksum")
+
+    stored = torch.load(path, weights_only=True)
+    stored["train_y"] = stored["train_y"].clone()
+    stored["train_y"][0] = 99                                 # a label no class has, checksum now stale
+    torch.save(stored, path)
+    reload("checksum")
+
+    other = _make_tree(tmp_path / "other", {"train": {"ant": 3, "bee": 3}, "test": {"ant": 1, "bee": 1}})
+    load_data(f"imagefolder:{other}", val_fraction=0.0, cache_dir=str(tmp_path / "cache2"))
+    _cache_file(tmp_path / "cache2").replace(path)           # a valid cache, of another data set
+    reload("another source")
+
+    path.write_bytes(path.read_bytes()[:200])
+    reload("unreadable")
+
+
 def test_imagefolder_val_split_and_nested(tree, tmp_path):
     d = load_data(f"imagefolder:{tree}", val_fraction=0.5, cache_dir=False)
     assert len(d.train_x) + len(d.val_x) == 10 and len(d.val_x) == 5

@@ -84,15 +84,14 @@ def _print_coded(res):
 
 def _write_model(sim, out, args, res):
     from ..checkpoint import record_of, save
-    from ..quantization.fakequant import strip
-    from ..quantization.storage import save_compressed
+    from ..quantization.storage import decode_model, save_compressed
 
     meta = {k: v for k, v in res.items() if isinstance(v, (int, float, str, bool)) or v is None}
     if out.suffix == ".csz":
         record_of(sim).meta["quantization"] = meta
         save_compressed(sim, out)
     else:
-        save(strip(sim), out, quantization=meta)
+        save(decode_model(sim), out, quantization=meta)   # what was scored, input transforms included
     print(f"wrote {out} ({_kib(Path(out).stat().st_size)})")
 
 

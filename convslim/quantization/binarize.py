@@ -140,9 +140,12 @@ _xnor_pre.convslim_quant = _xnor_post.convslim_quant = True   # `strip` removes 
 
 
 def binarize_inputs(layers):
-    """XNOR-Net: binary inputs to every layer of `layers`, output rescaled by K."""
+    """XNOR-Net: binary inputs to every layer of `layers`, output rescaled by K. A layer whose
+    inputs are binarised already (a decoded XNOR model quantized again) is left as it is."""
     for _, mod in layers:
         if isinstance(mod, nn.Conv2d) and mod.dilation != (1, 1):
+            continue
+        if any(h is _xnor_pre for h in mod._forward_pre_hooks.values()):
             continue
         mod.register_forward_pre_hook(_xnor_pre)
         mod.register_forward_hook(_xnor_post)

@@ -3,8 +3,10 @@
 Each takes a float model and data, leaves the model untouched, and returns a dict of measured
 figures (accuracy before and after, sizes in bytes, latency where a real int8 kernel runs).
 Methods that simulate (lowbit, binary, ternary, cluster) also return the quantized model, with
-its quantizers still attached: `storage.save_compressed` writes it as codes, `fakequant.strip`
-turns it into a plain model with the quantized weights baked in.
+its quantizers still attached: `storage.save_compressed` writes it as codes, `storage.decode_model`
+gives the plain model that file restores (input transforms such as XNOR or activation quantizers
+included), and `fakequant.strip` bakes the weights in and drops the input transforms. Their `top1`
+is the accuracy of the decoded model, so a saved file scores exactly what was reported.
 """
 import copy
 import os
@@ -20,10 +22,10 @@ from ..metrics import ort_latency_ms, state_dict_bytes
 from ..train import TrainConfig, evaluate, fit, recalibrate_bn
 from . import binarize as binmod
 from .clustering import cluster as cluster_weights
-from .fakequant import act_quantizers, layers_of, quantize_weights, simulate, strip
+from .fakequant import layers_of, quantize_weights, simulate, strip
 from .onnx_int8 import has_vnni, onnx_accuracy, quantize_onnx
 from .quantizers import check_bits
-from .storage import coded_sizes, coded_state
+from .storage import INPUT_OPS, coded_sizes, coded_state, decode_model
 
 DEFAULT_EPOCHS = {"ptq": 0, "qat": 3, "lowbit": 0, "binary": 10, "ternary": 10, "cluster": 3}
 # A centroid's gradient is the sum over its whole cluster (seed 001 eq. 1), thousands of weights,
@@ -138,26 +140,31 @@ def qat(model, splits, out, *, finetune=None, calibration="minmax", calib_images
 
 
 def _coded_result(method, model, sim, splits, *, wbits, abits, float_top1, train=None, **extra):
-    """Figures shared by the simulated methods: accuracy of the simulation and of the stored weights."""
-    res = {"method": method, "wbits": wbits, "abits": abits, "float_top1": float_top1, "top1": top1(sim, splits),
+    """Figures shared by the simulated methods. `top1` is the accuracy of the model the coded file
+    restores (decoded from the encoded bytes, input transforms included), so a saved file scores
+    exactly what was reported; with activation quantizers or XNOR inputs, `weights_only_top1` is
+    the stored weights with float inputs, for comparison."""
+    back = decode_model(sim, like=model)
+    res = {"method": method, "wbits": wbits, "abits": abits, "float_top1": float_top1, "top1": top1(back, splits),
            "fp32_bytes": state_dict_bytes(model)}
     sizes = coded_sizes(sim)
     res.update(packed_bytes=sizes["packed"], huffman_bytes=sizes["huffman"],
                size_ratio=res["fp32_bytes"] / sizes["huffman"], finetune=train, **extra)
-    if act_quantizers(sim) or any(getattr(h, "convslim_quant", False) for m in sim.modules()
-                                  for h in m._forward_pre_hooks.values()):
-        res["weights_only_top1"] = top1(decoded(model, sim), splits)   # what the file alone gives
+    if any(e.get("op") in INPUT_OPS for e in record_of(back).edits):
+        res["weights_only_top1"] = top1(decoded(model, sim), splits)
     return res
 
 
 def decoded(model, sim):
-    """A plain copy of the float `model` carrying `sim`'s quantized weights (what the file restores).
+    """A plain copy of the float `model` carrying `sim`'s quantized weights and its own inputs
+    (no activation quantizers or XNOR unless `model` had them): the stored weights alone.
 
     Built from the float model because a parametrized model must not be deep-copied: the copy
     would share its dynamically made class, and stripping one would break the other.
     """
     plain = copy.deepcopy(model).cpu().eval()
-    plain.load_state_dict(coded_state(sim)[0])
+    state, own = coded_state(sim)[0], plain.state_dict()
+    plain.load_state_dict({k: state.get(k, v) for k, v in own.items()})
     return plain
 
 
