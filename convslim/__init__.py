@@ -9,10 +9,11 @@ from .pruning.criteria import PermutationOptions
 from .pruning.prune import apply_rule, channel_importance, prune
 from .pruning.search import SearchConfig, auto_prune
 from .decomposition.search import auto_decompose
+from .quantization.methods import ptq
 from .task import Task
 from .train import TrainConfig, evaluate, fit, recalibrate_bn
 
 __all__ = ["ConvslimError", "PermutationOptions", "SearchConfig", "Task", "TrainConfig", "apply_rule",
            "auto_decompose", "auto_prune",
            "build_model", "channel_importance", "count", "evaluate", "export_onnx", "fit", "load", "load_data",
-           "profile", "prune", "recalibrate_bn", "save"]
+           "profile", "prune", "ptq", "recalibrate_bn", "save"]

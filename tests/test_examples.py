@@ -34,3 +34,12 @@ def test_segmentation_head_is_kept_and_miou_judges(tmp_path, monkeypatch):
     assert summary["pruned"] and summary["flops"] < summary["base_flops"]
     assert _same_outputs(slim, again, (1, 16, 16))
     assert (tmp_path / "segnet_slim.onnx").stat().st_size > 0
+
+
+def test_own_data_and_metric_through_ptq(tmp_path, monkeypatch):
+    import own_data_ptq as example
+
+    monkeypatch.chdir(tmp_path)
+    res = example.main(epochs=3)
+    assert (tmp_path / "two_branch_int8.onnx").exists() and res["size_ratio"] > 2
+    assert res["float_top1"] > 50 and abs(res["top1"] - res["float_top1"]) <= 3.0    # the user's top-1, real int8

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..checkpoint import record_of
+from ..checkpoint import ensure_record, record_of
 from ..errors import ConvslimError
 from ..metrics import ort_latency_ms, state_dict_bytes
+from ..task import take_images
 from ..train import TrainConfig, evaluate, fit, recalibrate_bn
 from . import binarize as binmod
 from .clustering import cluster as cluster_weights
@@ -82,38 +83,86 @@ def paired_latency(fp32_path, int8_path, shape, batches=(1, 64), repeats=10, rou
     return fp32, int8
 
 
-def int8_onnx(model, splits, out, *, calibration="minmax", calib_images=512, percentile=99.99, engine="convslim",
-              seed=0, latency_batches=(1, 64), float_top1=None, simulation=True, method="ptq"):
+class OnnxModule(torch.nn.Module):
+    """An ONNX file run by ONNX Runtime, callable like the model it came from, so a user's
+    `evaluate(model)` scores the real int8 file with no change."""
+
+    def __init__(self, path):
+        super().__init__()
+        from ..metrics import ort_session
+
+        self.session = ort_session(path)
+        self.input = self.session.get_inputs()[0].name
+
+    def forward(self, x):
+        out = self.session.run(None, {self.input: x.detach().cpu().float().numpy()})[0]
+        return torch.from_numpy(out).to(x.device)
+
+
+def _scorers(data, evaluate):
+    """(score a torch model, score an ONNX file): top-1 on the test split for convslim Splits, the
+    user's evaluate otherwise (on the model, and on the file through OnnxModule)."""
+    from ..data import Splits
+
+    if evaluate is not None:
+        return (lambda m: float(evaluate(m))), (lambda path: float(evaluate(OnnxModule(path))))
+    if isinstance(data, Splits):
+        return (lambda m: top1(m, data)), (lambda path: onnx_accuracy(path, data)["top1"])
+    return None, None
+
+
+def calibration_from(data, n, seed=0):
+    """Calibration images: training images of convslim Splits, else the first inputs of the batches."""
+    from ..data import Splits
+
+    if isinstance(data, Splits):
+        return calibration_images(data, n, seed)
+    if n is None or int(n) < 1:
+        raise ConvslimError(f"calibration needs at least one image, got {n}")
+    return take_images(getattr(data, "batches", data), int(n))
+
+
+def int8_onnx(model, data, out, *, calibration="minmax", calib_images=512, percentile=99.99, engine="convslim",
+              seed=0, latency_batches=(1, 64), float_top1=None, simulation=True, method="ptq", evaluate=None,
+              example_input=None):
     """Real int8 through ONNX Runtime: write `out`, then measure accuracy, size and latency fp32 vs int8.
 
+    `data` is convslim Splits or any iterable of inputs / (input, target) pairs (your DataLoader);
+    `evaluate(model) -> float` (your metric) scores the float model and the int8 file alike (the
+    `*top1` keys then hold your metric; without it and without Splits, no accuracy is measured).
     With `simulation`, convslim's fake-quant model (same calibration, ONNX Runtime's integer ranges)
     is scored too, to show that the simulation and the real int8 model agree.
     """
-    images = calibration_images(splits, calib_images, seed)
+    ensure_record(model, example_input, None if example_input is not None else getattr(data, "batches", data))
+    images = calibration_from(data, calib_images, seed)
     model = model.cpu().eval()
     shape = record_of(model).input_shape
-    res = {"method": method, "wbits": 8, "abits": 8, "calibration": calibration, "engine": engine,
-           "float_top1": top1(model, splits) if float_top1 is None else float_top1}
+    score, score_onnx = _scorers(data, evaluate)
+    res = {"method": method, "wbits": 8, "abits": 8, "calibration": calibration, "engine": engine}
+    if score is not None:
+        res["float_top1"] = score(model) if float_top1 is None else float_top1
     reduce_range = not has_vnni()
-    if simulation:
+    if simulation and score is not None:
         sim = simulate(model, wbits=8, abits=8, reduce_range=reduce_range, calibration=calibration,
                        percentile=percentile, images=images)
-        res["sim_top1"] = top1(sim, splits)
+        res["sim_top1"] = score(sim)
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = os.path.join(tmp, "fp32.onnx")
         res.update(quantize_onnx(model, out, images, calibration=calibration, percentile=percentile,
                                  engine=engine, reduce_range=reduce_range, fp32_out=fp32))
-        res["fp32_onnx_top1"] = onnx_accuracy(fp32, splits)["top1"]
-        res["top1"] = onnx_accuracy(out, splits)["top1"]
+        if score_onnx is not None:
+            res["fp32_onnx_top1"] = score_onnx(fp32)
+            res["top1"] = score_onnx(out)
         if latency_batches:
             res["fp32_latency_ms"], res["int8_latency_ms"] = paired_latency(fp32, out, shape, latency_batches)
     res["size_ratio"] = res["fp32_onnx_bytes"] / res["int8_onnx_bytes"]
     return res
 
 
-def ptq(model, splits, out, **kw):
-    """Post-training int8: calibrate activations, quantize weights per channel, through ONNX Runtime."""
-    return int8_onnx(model, splits, out, method="ptq", **kw)
+def ptq(model, data, out, **kw):
+    """Post-training int8: calibrate activations, quantize weights per channel, through ONNX Runtime.
+    Takes convslim Splits or your own batches and `evaluate` (see `int8_onnx`)."""
+    return int8_onnx(model, data, out, method="ptq", **kw)
 
 
 def qat(model, splits, out, *, finetune=None, calibration="minmax", calib_images=512, percentile=99.99, seed=0,
