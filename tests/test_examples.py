@@ -43,3 +43,24 @@ def test_own_data_and_metric_through_ptq(tmp_path, monkeypatch):
     res = example.main(epochs=3)
     assert (tmp_path / "two_branch_int8.onnx").exists() and res["size_ratio"] > 2
     assert res["float_top1"] > 50 and abs(res["top1"] - res["float_top1"]) <= 3.0    # the user's top-1, real int8
+
+
+def test_own_loop_trains_qat(tmp_path):
+    """QAT with the user's loop: their finetune(model, epochs) trains the fake-quant model."""
+    import own_loop_auto_prune as own
+    import convslim.quantization as q
+
+    torch.manual_seed(0)
+    train_loader, val_loader = own.loaders()
+    model = own.TwoBranchNet()
+    own.train(model, train_loader, 2)
+    calls = []
+
+    def finetune(m, epochs):
+        calls.append(epochs)
+        own.train(m, train_loader, epochs)
+
+    res = q.qat(model, train_loader, tmp_path / "q.onnx", finetune=finetune, epochs=0.5, calib_images=128,
+                evaluate=lambda m: own.top1(m, val_loader), latency_batches=())
+    assert calls == [0.5] and (tmp_path / "q.onnx").exists()
+    assert abs(res["top1"] - res["sim_top1"]) <= 3.0      # the exported int8 file keeps what QAT learned

@@ -165,25 +165,38 @@ def ptq(model, data, out, **kw):
     return int8_onnx(model, data, out, method="ptq", **kw)
 
 
-def qat(model, splits, out, *, finetune=None, calibration="minmax", calib_images=512, percentile=99.99, seed=0,
-        **kw):
+def qat(model, data, out, *, finetune=None, epochs=None, calibration="minmax", calib_images=512,
+        percentile=99.99, seed=0, evaluate=None, example_input=None, **kw):
     """Quantization-aware training at 8 bits (fake quant, straight-through), then the same int8 export.
 
     Training starts from a PTQ-calibrated simulation; weight grids match ONNX Runtime's (per
     channel, reduced range without VNNI), and per-channel grids survive BatchNorm folding, so the
-    exported model keeps what training learned.
+    exported model keeps what training learned. `finetune` is a FineTune (convslim's trainer on
+    Splits) or your own `finetune(model, epochs)`, which then trains the fake-quant model for `epochs`.
     """
-    finetune = finetune or FineTune(DEFAULT_EPOCHS["qat"], seed=seed)
-    images = calibration_images(splits, calib_images, seed)
-    float_top1 = top1(model, splits)
+    ensure_record(model, example_input, None if example_input is not None else getattr(data, "batches", data))
+    if callable(finetune) and not isinstance(finetune, FineTune):
+        user_loop, n = finetune, DEFAULT_EPOCHS["qat"] if epochs is None else epochs
+        finetune = None
+    else:
+        user_loop, n = None, None
+        finetune = finetune or FineTune(DEFAULT_EPOCHS["qat"] if epochs is None else epochs, seed=seed)
+    images = calibration_from(data, calib_images, seed)
+    score, _ = _scorers(data, evaluate)
+    score = score or (lambda m: float("nan"))
+    float_top1 = score(model)
     sim = simulate(model, wbits=8, abits=8, reduce_range=not has_vnni(), calibration=calibration,
                    percentile=percentile, images=images)
-    ptq_sim = top1(sim, splits)
-    train = finetune.run(sim, splits)
-    qat_sim = top1(sim, splits)
+    ptq_sim = score(sim)
+    if finetune is not None:
+        train = finetune.run(sim, data)
+    else:
+        user_loop(sim, n)
+        train = {"epochs": n, "loop": "user"}
+    qat_sim = score(sim)
     plain = strip(sim)
-    res = int8_onnx(plain, splits, out, calibration=calibration, calib_images=calib_images, percentile=percentile,
-                    seed=seed, float_top1=float_top1, simulation=False, method="qat", **kw)
+    res = int8_onnx(plain, data, out, calibration=calibration, calib_images=calib_images, percentile=percentile,
+                    seed=seed, float_top1=float_top1, simulation=False, method="qat", evaluate=evaluate, **kw)
     res.update(ptq_sim_top1=ptq_sim, sim_top1=qat_sim, finetune=train)
     return res
 
