@@ -34,6 +34,7 @@ class TrainConfig:
     channels_last: bool = True        # applied on CPU, where it speeds up convs
     max_steps: int = 0                # >0 caps the number of optimiser steps (short fine-tunes)
     progress: bool = True
+    amp: bool = False                 # bf16 autocast for forward and loss (fast on recent GPUs)
 
     def check(self):
         if not (self.epochs >= 0 and math.isfinite(self.epochs)):
@@ -124,7 +125,8 @@ def fit(model, splits, cfg=None, *, loss_fn=None, validate=True):
         t_epoch = t_last = time.perf_counter()
         for x, y in loader:
             t_got = time.perf_counter()
-            loss, logits = loss_fn(net, x, y)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+                loss, logits = loss_fn(net, x, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -75,3 +75,12 @@ def test_thin_strided_shortcut_trains_on_one_thread(digits):
     finally:
         torch.set_num_threads(threads)
     assert convslim.evaluate(model, digits, "test")["top1"] > 20   # chance is 10
+
+
+def test_amp_trains_in_bf16_and_learns(digits, device):
+    """--amp: forward and loss under bf16 autocast; the weights stay float32 and the model learns."""
+    model = digits_model()
+    cfg = TrainConfig(epochs=2, lr=0.05, batch_size=64, progress=False, seed=0, device=device, amp=True)
+    log = convslim.fit(model, digits, cfg, validate=False)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert log["epochs"][-1]["train_acc"] > 60

@@ -19,7 +19,7 @@ def cmd_train(args):
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                       nesterov=not args.no_nesterov, weight_decay=args.weight_decay, schedule=args.schedule,
                       label_smoothing=args.label_smoothing, seed=args.seed, device=args.device,
-                      channels_last=not args.no_channels_last, progress=not args.quiet).check()
+                      channels_last=not args.no_channels_last, amp=args.amp, progress=not args.quiet).check()
     model, splits = open_model_and_data(args)
     remember_data(model, splits, args.data)
     log = fit(model, splits, cfg)
@@ -111,6 +111,7 @@ def register(sub):
     p.add_argument("--schedule", choices=["cosine", "onecycle", "constant"], default="cosine")
     p.add_argument("--label-smoothing", type=fraction, default=0.0)
     p.add_argument("--no-channels-last", action="store_true")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast (mixed precision) for forward and loss")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     p.add_argument("--out", required=True, help="where to save the trained model (.pt)")
     p.add_argument("--json", help="write the training log here")
