@@ -198,6 +198,11 @@ def strip(model):
         parametrize.remove_parametrizations(mod, "weight", leave_parametrized=False)
         codes, codebook = coded[name]
         mod.weight.data = lookup(codes, codebook).to(mod.weight.dtype).reshape(mod.weight.shape).contiguous()
+    return without_input_quantizers(model)
+
+
+def without_input_quantizers(model):
+    """Remove input transforms (activation quantizers, XNOR hooks) from a model, in place."""
     for mod in model.modules():
         for hooks in (mod._forward_pre_hooks, mod._forward_hooks):
             for key, hook in list(hooks.items()):

@@ -39,7 +39,7 @@ from ..errors import ConvslimError
 from ..fileio import atomic_path, check_output_path
 from . import huffman
 from .binarize import _xnor_pre, binarize_inputs
-from .fakequant import ActQuant, _quantize_input, encode, lookup
+from .fakequant import ActQuant, _quantize_input, encode, lookup, without_input_quantizers
 from .quantizers import QuantSpec
 
 MAGIC = b"CSLIMQ1\n"
@@ -336,17 +336,6 @@ def _base_model(record):
         return None
 
 
-def _without_inputs(model):
-    """Remove input transforms (activation quantizers, XNOR hooks) from a plain model, in place."""
-    for mod in model.modules():
-        for hooks in (mod._forward_pre_hooks, mod._forward_hooks):
-            for key, hook in list(hooks.items()):
-                if getattr(hook, "convslim_quant", False):
-                    del hooks[key]
-        mod._modules.pop("act_quant", None)
-    return model
-
-
 def decode_model(model, *, like=None, coding="packed"):
     """The model a coded file of `model` restores, decoded from the encoded bytes in memory (what
     `save_compressed` then `load_compressed` give), for reporting the accuracy the file keeps.
@@ -365,7 +354,7 @@ def decode_model(model, *, like=None, coding="packed"):
         return rebuild({**record, "state_dict": state}, source, model=base)
     if like is None:
         raise ConvslimError(f"cannot build {record['arch']['model']!r} again to decode the coded model")
-    plain = _without_inputs(copy.deepcopy(getattr(like, "module", like)).cpu())
+    plain = without_input_quantizers(copy.deepcopy(getattr(like, "module", like)).cpu())
     for edit in record["edits"]:
         if edit["op"] in INPUT_OPS:
             EDIT_REPLAYERS[edit["op"]](plain, edit)
