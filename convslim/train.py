@@ -6,8 +6,10 @@ done on tensors, channels_last on CPU. Fine-tuning inside the pruner uses the sa
 step budget, and a pluggable loss so distillation can slot in.
 """
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -86,11 +88,14 @@ def _memory_format(cfg, device, model):
     return torch.channels_last if use else torch.contiguous_format
 
 
-def fit(model, splits, cfg=None, *, loss_fn=None, validate=True):
+def fit(model, splits, cfg=None, *, loss_fn=None, validate=True, resume=None):
     """Train `model` in place on splits' train part; returns per-epoch figures and timing.
 
     Timing separates the time spent waiting for a batch (loading, augmenting) from the time in
     forward, backward and the optimiser step, so the data overhead is measured, not guessed.
+    With `resume` (a path), the weights, optimizer, schedule, RNG and log are saved there after every
+    epoch, and a run that finds the file continues from it: a run stopped and resumed ends with the
+    same weights, bit for bit, as one that never stopped.
     """
     cfg = (cfg or TrainConfig()).check()
     device = dist.pick_device(cfg.device)
@@ -113,6 +118,10 @@ def fit(model, splits, cfg=None, *, loss_fn=None, validate=True):
     scheduler = _schedule(cfg, optimizer, total)
     history, step, epoch = [], 0, 0
     wait_s = compute_s = 0.0
+    if resume is not None and Path(resume).exists():
+        history, step, epoch = _restore(resume, cfg, model, optimizer, scheduler)
+        if dist.is_main():
+            print(f"resuming from {resume}: {epoch} epoch(s), {step} of {total} steps done", file=sys.stderr)
     while step < total:
         loader.set_epoch(epoch)
         net.train()
@@ -161,10 +170,43 @@ def fit(model, splits, cfg=None, *, loss_fn=None, validate=True):
             tqdm.write(f"epoch {epoch + 1}: loss {record['train_loss']:.4f}, train {record['train_acc']:.2f}%"
                        f"{tail}, {record['train_images_per_s']:.0f} img/s, {seconds:.1f}s")
         epoch += 1
+        if resume is not None and dist.is_main():
+            _checkpoint(resume, cfg, model, optimizer, scheduler, history, step, epoch)
     model.to(memory_format=torch.contiguous_format)
     overhead = wait_s / max(wait_s + compute_s, 1e-12)
     return {"config": asdict(cfg), "epochs": history, "steps": step, "world_size": world,
             "data_overhead": overhead, "seconds": sum(r["seconds"] for r in history)}
+
+
+RESUMABLE = ("epochs", "batch_size", "lr", "momentum", "nesterov", "weight_decay", "schedule", "label_smoothing",
+             "seed", "max_steps")   # what must match for a saved run to be continued
+
+
+def _checkpoint(path, cfg, model, optimizer, scheduler, history, step, epoch):
+    from .fileio import torch_save_atomic
+
+    torch_save_atomic({"format": "convslim-train-state/1", "config": {k: getattr(cfg, k) for k in RESUMABLE},
+                       "model": {k: v.detach().cpu() for k, v in getattr(model, "module", model).state_dict().items()},
+                       "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                       "rng": torch.get_rng_state(), "history": history, "step": step, "epoch": epoch}, path)
+
+
+def _restore(path, cfg, model, optimizer, scheduler):
+    from .checkpoint import load_safely
+
+    state = load_safely(path, "training state")
+    if not isinstance(state, dict) or state.get("format") != "convslim-train-state/1":
+        raise ConvslimError(f"{path} is not a convslim training state; remove it or train without --resume")
+    wanted = {k: getattr(cfg, k) for k in RESUMABLE}
+    if state["config"] != wanted:
+        diff = next(k for k in wanted if state["config"].get(k) != wanted[k])
+        raise ConvslimError(f"{path} belongs to another run ({diff} was {state['config'].get(diff)!r}, "
+                            f"now {wanted[diff]!r}); remove it or keep the settings")
+    getattr(model, "module", model).load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    return state["history"], state["step"], state["epoch"]
 
 
 @torch.no_grad()

@@ -5,7 +5,7 @@ import torch
 import convslim
 from conftest import on
 from convslim.errors import ConvslimError
-from convslim.train import TrainConfig
+from convslim.train import TrainConfig, cross_entropy
 
 
 def digits_model(seed=0):
@@ -84,3 +84,47 @@ def test_amp_trains_in_bf16_and_learns(digits, device):
     log = convslim.fit(model, digits, cfg, validate=False)
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert log["epochs"][-1]["train_acc"] > 60
+
+
+def test_stopped_and_resumed_equals_straight_bit_for_bit(digits, tmp_path):
+    """4 epochs straight == 2 epochs, a stop, then the same call again (resume), on CPU."""
+    cfg = TrainConfig(epochs=4, lr=0.05, batch_size=64, progress=False, seed=1, device="cpu")
+    straight = digits_model()
+    convslim.fit(straight, digits, cfg, validate=False)
+
+    resumed = digits_model()
+    state = tmp_path / "state.pt"
+    steps_per_epoch = len(digits.train_y) // 64
+    calls = {"n": 0}
+    plain = cross_entropy()
+
+    def stop_in_epoch_three(model, x, y):
+        calls["n"] += 1
+        if calls["n"] == 2 * steps_per_epoch + 1:
+            raise KeyboardInterrupt
+        return plain(model, x, y)
+
+    with pytest.raises(KeyboardInterrupt):
+        convslim.fit(resumed, digits, cfg, validate=False, loss_fn=stop_in_epoch_three, resume=state)
+    assert state.exists()
+    fresh = digits_model()               # a new process: fresh weights, the state file brings them back
+    log = convslim.fit(fresh, digits, cfg, validate=False, resume=state)
+    assert [e["epoch"] for e in log["epochs"]] == [1, 2, 3, 4]
+    for a, b in zip(straight.state_dict().values(), fresh.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(convslim.ConvslimError, match="another run"):
+        convslim.fit(digits_model(), digits, TrainConfig(epochs=4, lr=0.1, batch_size=64, progress=False,
+                                                         seed=1, device="cpu"), resume=state)
+
+
+def test_train_resume_command(tmp_path, capsys):
+    from convslim.cli import main
+
+    argv = ["train", "--model", "digitsnet", "--data", "digits", "--epochs", "2", "--quiet", "--resume",
+            "--out", str(tmp_path / "m.pt")]
+    assert main(argv) == 0 and (tmp_path / "m.pt.state.pt").exists()
+    first = convslim.load(tmp_path / "m.pt").state_dict()
+    assert main(argv) == 0
+    assert "resuming from" in capsys.readouterr().err
+    again = convslim.load(tmp_path / "m.pt").state_dict()
+    assert all(torch.equal(first[k], again[k]) for k in first)

@@ -11,7 +11,7 @@ from ..fileio import check_paths, write_text_atomic
 
 # Argument names that are files a command reads, files it writes, and folders it writes.
 READ_ARGS = ("model", "weights", "teacher", "student", "ratios", "summary", "config")
-WRITE_ARGS = ("out", "json", "log", "csr")
+WRITE_ARGS = ("out", "json", "log", "csr", "state")
 
 
 # --- argument types: every number gets its range where it enters ---------------------------------
@@ -187,6 +187,8 @@ def check_command_paths(args):
     """Every path this command reads or writes, checked against every other before work starts."""
     if hasattr(args, "log") and not args.log and getattr(args, "out", None):
         args.log = f"{args.out}.search.json"
+    if getattr(args, "resume", False) and getattr(args, "out", None):
+        args.state = f"{args.out}.state.pt"   # training state, saved after every epoch
     folder_args = getattr(args, "folder_args", ("report",))
     reads = [_path_part(getattr(args, name, None)) for name in READ_ARGS]
     reads.append(_path_part(getattr(args, "data", None)))

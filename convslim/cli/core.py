@@ -22,7 +22,7 @@ def cmd_train(args):
                       channels_last=not args.no_channels_last, amp=args.amp, progress=not args.quiet).check()
     model, splits = open_model_and_data(args)
     remember_data(model, splits, args.data)
-    log = fit(model, splits, cfg)
+    log = fit(model, splits, cfg, resume=getattr(args, "state", None))
     test = evaluate(model, splits, "test", device=dist.pick_device(cfg.device))
     log["test"] = test
     if dist.is_main():
@@ -112,6 +112,9 @@ def register(sub):
     p.add_argument("--label-smoothing", type=fraction, default=0.0)
     p.add_argument("--no-channels-last", action="store_true")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (mixed precision) for forward and loss")
+    p.add_argument("--resume", action="store_true",
+                   help="save the training state to OUT.state.pt after every epoch and continue from it when "
+                        "it exists (same command again after a stop)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     p.add_argument("--out", required=True, help="where to save the trained model (.pt)")
     p.add_argument("--json", help="write the training log here")
