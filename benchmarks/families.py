@@ -21,14 +21,16 @@ from pathlib import Path
 import torch
 
 import convslim
+from convslim.binding import remember_data
+from convslim.budget import SearchConfig
 from convslim.checkpoint import example_input, record_of
-from convslim.compact import convert
+from convslim.convert import convert
 from convslim.decomposition import decompose, plan
-from convslim.distill import DistillConfig, distill_fit, kd_loss_fn
+from convslim.distill import DistillConfig, distill_fit
+from convslim.kd import kd_loss_fn
 from convslim.metrics import count, latency
+from convslim.pruning.auto import auto_prune
 from convslim.pruning.prune import apply_rule, channel_importance
-from convslim.pruning.search import SearchConfig, auto_prune
-from convslim.session import remember_data
 from convslim.sparsity import SparsifyConfig, save_sparse, sparsify
 from convslim.train import TrainConfig, evaluate, fit
 from common import CIFAR, markdown_table, write_results

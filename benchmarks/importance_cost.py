@@ -19,7 +19,7 @@ from convslim.checkpoint import example_input
 from convslim.pruning.importance import loop_importance, permutation_importance
 from convslim.pruning.prune import calibration_batches
 from convslim.pruning.retention import coupled_groups
-from convslim.pruning.surgery import build_graph
+from convslim.graph import build_graph
 from common import CIFAR, markdown_table, write_results
 
 

@@ -22,13 +22,13 @@ import time
 from pathlib import Path
 
 import convslim
+from convslim.binding import data_for
+from convslim.budget import SearchConfig, flops_params, recover, task_for
 from convslim.checkpoint import example_input, record_of
 from convslim.fileio import write_text_atomic
 from convslim.metrics import count, latency
 from convslim.pruning.criteria import PermutationOptions
 from convslim.pruning.prune import apply_rule, channel_importance
-from convslim.search import SearchConfig, flops_params, recover, task_for
-from convslim.session import data_for
 from convslim.train import TrainConfig, evaluate, fit
 from common import CIFAR, RESULTS, git_commit, machine
 

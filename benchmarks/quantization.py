@@ -25,12 +25,12 @@ import onnxruntime
 import torch
 
 import convslim
+from convslim.binding import data_for, remember_data
 from convslim.data import default_cache_dir
 from convslim.quantization import methods as Q
 from convslim.quantization.onnx_int8 import cpu_flags, has_vnni
 from convslim.quantization.pipeline import deep_compression
 from convslim.quantization.report import plot, summary
-from convslim.session import data_for, remember_data
 from convslim.train import TrainConfig, fit
 from common import CIFAR, RESULTS, machine, markdown_table, write_results
 

@@ -7,28 +7,33 @@ are loaded strictly. `Record` travels on the model object so every step can save
 
 Structural edits that are not channel removals (a layer decomposed or converted) are recorded as
 plain dicts {"op": ..., "layer": ..., ...} in `Record.edits`, each with the length of the removal
-history when it was made, and replayed in that order by the function the module that made them
-registered in `EDIT_REPLAYERS`.
+history when it was made, and replayed in that order by the function registered for the op in
+`EDIT_REPLAYERS`. This module names no compression family: each family registers its replayers
+(and `BEFORE_SAVE` steps) when it is imported, and `import convslim` imports them all.
 """
 import copy
-import importlib
-import itertools
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from .architecture import canonical_spec, check_output, create, is_factory, is_zoo, parse_output, select_output
+from .batches import split_batch
+from .device import device_of
 from .errors import ConvslimError
 from .fileio import atomic_path, check_output_path
+from .graph import replay_history
 
 FORMAT = "convslim-checkpoint/1"
 RECORD_ATTR = "convslim_record"
 
 # op -> fn(model, edit) rebuilding the edited layer's structure (weights come later, strictly);
-# filled by the modules in EDIT_MODULES when they are imported.
+# filled by the family that makes the edit, when it is imported.
 EDIT_REPLAYERS = {}
-EDIT_MODULES = ("convslim.decomposition", "convslim.compact", "convslim.quantization.storage")
+# fn(model) run before a model is written, bringing its record in line with the model (e.g. input
+# transforms added or stripped since they were recorded); filled as EDIT_REPLAYERS is.
+BEFORE_SAVE = []
 
 
 @dataclass
@@ -85,8 +90,6 @@ def ensure_record(model, example_input=None, batches=None):
     """Give a plain nn.Module the record convslim keeps (input shape, removals, metadata), or update
     the input shape of a model that has one when an example input is given. The shape comes from
     `example_input`, else from the first of `batches`."""
-    from .task import split_batch
-
     model = getattr(model, "module", model)
     rec = getattr(model, RECORD_ATTR, None)
     if example_input is None and batches is not None:   # the data shows the real input size
@@ -96,8 +99,6 @@ def ensure_record(model, example_input=None, batches=None):
         return record_of(model)
     shape = input_shape_of(example_input)
     if rec is None:
-        from .modelspec import check_output
-
         out = check_output(model, shape)
         rec = Record(arch={"model": code_spec(model), "num_classes": int(out.shape[1]) if out.ndim > 1 else 1,
                            "in_channels": shape[0], "width": 1.0}, input_shape=shape)
@@ -105,17 +106,6 @@ def ensure_record(model, example_input=None, batches=None):
     else:
         rec.input_shape = shape
     return rec
-
-
-def device_of(model):
-    """The device a model's weights live on (its first parameter or buffer; CPU when it has none).
-
-    Every tensor convslim makes for a model (example inputs, calibration batches, accumulators)
-    is made on this device, so a model on CUDA is never fed or combined with CPU tensors.
-    """
-    for t in itertools.chain(model.parameters(), model.buffers()):
-        return t.device
-    return torch.device("cpu")
 
 
 def example_input(model, batch=1, device=None):
@@ -127,20 +117,17 @@ def example_input(model, batch=1, device=None):
 def save(model, path, *, inputs=(), **meta):
     """Write model + record atomically; never overwrite an input file.
 
-    Input transforms the model carries (calibrated activation quantizers, XNOR input
-    binarisation, e.g. a decoded .csz) are recorded as edits so that loading restores them. The
-    written file is read back (torch.load with weights_only) and must hold the same record and
-    the same tensors before it is moved into place.
+    The `BEFORE_SAVE` steps run first: input transforms the model carries (calibrated activation
+    quantizers, XNOR input binarisation, e.g. a decoded .csz) are recorded as edits there so that
+    loading restores them. The written file is read back (torch.load with weights_only) and must
+    hold the same record and the same tensors before it is moved into place.
     """
     out = check_output_path(path, inputs=inputs)
     model = getattr(model, "module", model)
     rec = record_of(model)
     rec.meta.update(meta)
-    if any(getattr(h, "convslim_quant", False) for m in model.modules() for h in m._forward_pre_hooks.values()) \
-            or any(e.get("op") in ("quantize_inputs", "xnor_inputs") for e in rec.edits):
-        from .quantization.storage import sync_input_edits
-
-        sync_input_edits(model)
+    for step in BEFORE_SAVE:
+        step(model)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     payload = {"format": FORMAT, **copy.deepcopy(rec.to_dict()), "state_dict": state}
 
@@ -226,13 +213,25 @@ def load_state(model, state_dict, source):
     return model
 
 
+def new_model(spec, *, num_classes=10, in_channels=3, width=1.0, input_shape=None, output=None, check=True):
+    """A fresh, unpruned model of an architecture spec with its Record attached: the model every
+    load starts from. `output` picks the tensor to work on when forward returns a tuple, list or
+    dict; `check` runs it once on a zero input to say so in one line when it does not fit."""
+    if is_factory(spec):
+        spec = canonical_spec(spec)
+    model = create(spec, num_classes=num_classes, in_channels=in_channels, width=width)
+    shape = list(input_shape) if input_shape else [in_channels, 32, 32]
+    arch = {"model": spec, "num_classes": num_classes, "in_channels": in_channels, "width": width}
+    if output is not None:
+        select_output(model, output)
+        arch["output"] = parse_output(output)
+    if check:
+        check_output(model, shape)
+    return attach(model, Record(arch=arch, input_shape=shape))
+
+
 def replay(model, history, edits, example_input):
     """Redo channel removals and structural edits on a fresh base model, in the order made."""
-    from .pruning.surgery import replay_history
-
-    if edits:
-        for name in EDIT_MODULES:
-            importlib.import_module(name)
     done = 0
     for edit in edits:
         if edit.get("op") not in EDIT_REPLAYERS:
@@ -252,8 +251,6 @@ def rebuild(payload, source, *, model=None, trust_code=False):
     factory is rebuilt only on that user's explicit word, by passing the freshly built base `model`
     (the CLI's `--model file.py:factory --weights m.pt`) or `trust_code=True`.
     """
-    from .modelspec import build_model, is_zoo
-
     arch = payload["arch"]
     spec = str(arch.get("model"))
     if model is not None:
@@ -263,9 +260,9 @@ def rebuild(payload, source, *, model=None, trust_code=False):
             raise ConvslimError(f"{source} was made from code outside convslim's zoo ({spec!r}), and a model file "
                                 f"never chooses which code runs: pass that code yourself, --model FILE.py:FACTORY "
                                 f"--weights {source} (Python: convslim.load(path, model=YourNet()))")
-        model = build_model(spec, num_classes=arch["num_classes"], in_channels=arch["in_channels"],
-                            width=arch["width"], input_shape=payload["input_shape"], output=arch.get("output"),
-                            check=False)
+        model = new_model(spec, num_classes=arch["num_classes"], in_channels=arch["in_channels"],
+                          width=arch["width"], input_shape=payload["input_shape"], output=arch.get("output"),
+                          check=False)
     edits = [dict(e) for e in payload.get("edits", [])]
     device = next(model.parameters()).device
     replay(model, payload["history"], edits, torch.randn(1, *payload["input_shape"], device=device))

@@ -8,7 +8,8 @@ Three kinds, combinable as one weighted sum:
 
     log = distill_fit(student, teacher, splits, TrainConfig(epochs=5), DistillConfig(losses=("kd", "attention")))
 
-`kd_loss_fn(teacher)` alone is the plug for any `fit` (pruning, quantization fine-tunes).
+`kd` itself lives in the core (convslim.kd) because every fine-tune may distil; `kd_loss_fn(teacher)`
+is re-exported here, the plug for any `fit`.
 """
 import contextlib
 from dataclasses import dataclass
@@ -17,38 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import device_of
+from .device import device_of
 from .errors import ConvslimError
+from .hooks import run_with_hooks
+from .kd import follow, kd_loss, kd_loss_fn  # noqa: F401  (kd_loss_fn: the public plug, see above)
 
 LOSSES = ("kd", "hint", "attention")
-
-
-def kd_loss(student_logits, teacher_logits, labels, *, temperature=4.0, alpha=0.9):
-    """Hinton's soft targets: alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(labels).
-
-    The T^2 factor keeps the soft-target gradients on the same scale as the hard ones.
-    """
-    t = temperature
-    soft = F.kl_div(F.log_softmax(student_logits / t, dim=1), F.softmax(teacher_logits / t, dim=1),
-                    reduction="batchmean") * (t * t)
-    return alpha * soft + (1 - alpha) * F.cross_entropy(student_logits, labels)
-
-
-def follow(teacher, device):
-    """The teacher on `device` (the batch's): moved once, when the student has moved."""
-    return teacher if device_of(teacher) == device else teacher.to(device)
-
-
-def kd_loss_fn(teacher, *, temperature=4.0, alpha=0.9):
-    """A `fit` loss function distilling from a frozen teacher (moved to each batch's device)."""
-    teacher.eval()
-
-    def loss_fn(model, x, y):
-        logits = model(x)
-        with torch.no_grad():
-            target = follow(teacher, x.device)(x)
-        return kd_loss(logits, target, y, temperature=temperature, alpha=alpha), logits
-    return loss_fn
 
 
 def attention_map(feature, p=2):
@@ -92,20 +67,16 @@ def hint_loss(student_feature, teacher_feature, adapter):
 def stage_outputs(model, input_shape):
     """Names of the modules ending each resolution stage: for every spatial size of a 4-d
     output, the module that finishes last (so a whole stage, e.g. `layer2`, not its last ReLU)."""
-    order, hooks = [], []
-    for name, mod in model.named_modules():
-        if name:
-            hooks.append(mod.register_forward_hook(
-                lambda m, i, o, name=name: order.append((name, tuple(o.shape))) if torch.is_tensor(o) else None))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape, device=device_of(model)))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    order = []
+
+    def keep(name):
+        def hook(mod, inputs, output):
+            if torch.is_tensor(output):
+                order.append((name, tuple(output.shape)))
+        return hook
+
+    run_with_hooks(model, {mod: keep(name) for name, mod in model.named_modules() if name},
+                   torch.zeros(1, *input_shape, device=device_of(model)))
     last = {}
     for name, shape in order:
         if len(shape) == 4 and shape[-1] * shape[-2] > 1:
@@ -173,16 +144,10 @@ def _pairs(student, teacher, input_shape, given, what):
 
 
 def _channels(model, name, input_shape):
-    tap = FeatureTap(model, [name])
-    try:
-        was = model.training
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape, device=device_of(model)))
-        model.train(was)
-        out = tap.out[name]
-    finally:
-        tap.close()
+    seen = {}
+    run_with_hooks(model, {name: lambda m, i, o: seen.update(out=o)},   # the latest call's, as FeatureTap
+                   torch.zeros(1, *input_shape, device=device_of(model)))
+    out = seen["out"]
     if out.dim() != 4:
         raise ConvslimError(f"layer {name!r} gives a {out.dim()}-d output; hint and attention need 4-d feature maps")
     return out.shape[1]

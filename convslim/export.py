@@ -1,10 +1,11 @@
-"""ONNX export, checked against PyTorch with ONNX Runtime before the file is put in place."""
+"""ONNX export, checked against PyTorch with ONNX Runtime before the file is put in place; and the
+ONNX Runtime session that check (and the latency figures in convslim.metrics) run on."""
 import copy
 
 import numpy as np
 import torch
 
-from .checkpoint import device_of
+from .device import device_of
 from .errors import ConvslimError
 from .fileio import atomic_path
 
@@ -30,9 +31,17 @@ def export_onnx(model, path, input_shape, *, opset=17, verify=True, atol=1e-4, r
     return diff
 
 
-def verify_onnx(model, onnx_path, input_shape, *, batch=4, atol=1e-4, rtol=1e-3, seed=0):
-    from .metrics import ort_session
+def ort_session(onnx_path, threads=0):
+    """An ONNX Runtime session on the CPU (`threads` intra-op threads; 0: ONNX Runtime's choice)."""
+    import onnxruntime as ort
 
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+
+
+def verify_onnx(model, onnx_path, input_shape, *, batch=4, atol=1e-4, rtol=1e-3, seed=0):
     x = torch.randn(batch, *input_shape, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         expected = model.eval()(x.to(device_of(model))).cpu().numpy()

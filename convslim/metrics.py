@@ -19,14 +19,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import device_of
+from .device import device_of
+from .export import export_onnx, ort_session
+from .hooks import run_with_hooks
 
 
 def layer_table(model, example):
     """One row per conv / linear / norm layer: name, type, output shape, params, MACs, FLOPs.
 
     The example runs on the model's device, wherever it was made."""
-    rows, hooks = [], []
+    rows = []
 
     def hook(name):
         def record(mod, inputs, output):
@@ -44,18 +46,9 @@ def layer_table(model, example):
                          "output": list(output.shape[1:]), "params": params, "macs": macs, "flops": flops})
         return record
 
-    for name, mod in model.named_modules():
-        if isinstance(mod, (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)):
-            hooks.append(mod.register_forward_hook(hook(name)))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example.to(device_of(model)))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    run_with_hooks(model, {mod: hook(name) for name, mod in model.named_modules()
+                           if isinstance(mod, (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm))},
+                   example.to(device_of(model)))
     return rows
 
 
@@ -93,15 +86,6 @@ def torch_latency_ms(model, example, *, warmup=5, repeats=20):
         return _median_ms(lambda: model(example), warmup, repeats)
 
 
-def ort_session(onnx_path, threads=0):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-
-
 def ort_latency_ms(onnx_path, example, *, warmup=5, repeats=20):
     sess = ort_session(onnx_path)
     feed = {sess.get_inputs()[0].name: example.numpy().astype(np.float32)}
@@ -112,8 +96,6 @@ def latency(model, input_shape, *, batches=(1, 64), warmup=5, repeats=20, onnx=T
     """Median latency in ms for each batch size, PyTorch on CPU and (optionally) ONNX Runtime.
 
     A model on another device is timed as a CPU copy; the caller's model stays where it is."""
-    from .export import export_onnx
-
     if device_of(model).type != "cpu":
         model = copy.deepcopy(model).cpu()
     model = model.eval()

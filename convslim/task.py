@@ -12,14 +12,12 @@ by the CLI; a user's loader, loop and metric are another, and the searches canno
     task = convslim.Task(evaluate=my_miou, batches=train_loader, finetune=my_train)
     slim, summary = convslim.auto_prune(model, task, example_input=torch.randn(1, 3, 128, 128))
 """
-import itertools
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
-import torch
-
 from .errors import ConvslimError
+from .kd import kd_loss_fn
+from .train import TrainConfig, evaluate as evaluate_split, fit
 
 
 @dataclass
@@ -47,24 +45,26 @@ class Task:
 
     @classmethod
     def from_splits(cls, splits, *, lr=0.01, batch_size=128, seed=0, device="auto", progress=False,
-                    calib_batch_size=64):
+                    calib_batch_size=64, **train_options):
         """convslim's own data and trainer behind the protocol: validation top-1 judges, the test
-        split is reported, the trainer fine-tunes (distilling when given a teacher)."""
-        from .train import TrainConfig, evaluate, fit
+        split is reported, the trainer fine-tunes (distilling when given a teacher). `train_options`
+        are further TrainConfig fields (weight_decay, ...).
+
+        The one place "fine-tune, with distillation when a teacher is given" is written: the CLI's
+        fine-tunes and the families' call `Task.from_splits(...).tune(model, epochs, teacher)`."""
 
         def config(epochs):
             return TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
-                               progress=progress)
+                               progress=progress, **train_options)
 
         def finetune(model, epochs):
             return fit(model, splits, config(epochs), validate=False)
 
         def distil(model, epochs, teacher):
-            from .distill import kd_loss_fn
             return fit(model, splits, config(epochs), validate=False, loss_fn=kd_loss_fn(teacher))
 
-        return cls(evaluate=lambda m: evaluate(m, splits, "val")["top1"],
-                   test=lambda m: evaluate(m, splits, "test")["top1"],
+        return cls(evaluate=lambda m: evaluate_split(m, splits, "val")["top1"],
+                   test=lambda m: evaluate_split(m, splits, "test")["top1"],
                    batches=SplitBatches(splits, calib_batch_size, seed), finetune=finetune,
                    teacher_finetune=distil, metric="top-1 %", bn_data=splits)
 
@@ -102,51 +102,3 @@ def as_task(data, *, evaluate=None, batches=None, finetune=None, test=None, **sp
         if "finetune" in overrides:
             task.teacher_finetune = None
     return task
-
-
-def split_batch(batch):
-    """(input, target or None) from a batch as loaders give them: a tensor, a tuple or list
-    (input first, target second), or a dict with 'input'/'image'/'x' and 'target'/'label'/'y'."""
-    if isinstance(batch, torch.Tensor):
-        return batch, None
-    if isinstance(batch, Mapping):
-        x = next((batch[k] for k in ("input", "inputs", "image", "images", "x") if k in batch), None)
-        y = next((batch[k] for k in ("target", "targets", "label", "labels", "y") if k in batch), None)
-    elif isinstance(batch, (tuple, list)) and batch:
-        x, y = batch[0], batch[1] if len(batch) > 1 else None
-    else:
-        x, y = None, None
-    if not isinstance(x, torch.Tensor):
-        raise ConvslimError(f"a batch must be a tensor, an (input, target) pair or a dict with an 'input' "
-                            f"tensor; got {type(batch).__name__}")
-    return x, y if isinstance(y, torch.Tensor) else None
-
-
-def take_batches(batches, n, device=None):
-    """The first `n` batches as lists of inputs and targets (targets None when a batch has none),
-    moved to `device`."""
-    if batches is None:
-        raise ConvslimError("this step needs batches (an iterable of inputs or (input, target) pairs)")
-    xs, ys = [], []
-    for batch in itertools.islice(iter(batches), n):
-        x, y = split_batch(batch)
-        xs.append(x.to(device) if device is not None else x)
-        ys.append(y.to(device) if y is not None and device is not None else y)
-    if not xs:
-        raise ConvslimError("the batches are empty: no input to score, calibrate or re-estimate with")
-    return xs, ys
-
-
-def take_images(batches, n, device=None):
-    """At least min(n, available) input images from the batches, as one tensor."""
-    out, seen = [], 0
-    for batch in iter(batches):
-        x, _ = split_batch(batch)
-        out.append(x)
-        seen += len(x)
-        if seen >= n:
-            break
-    if not out:
-        raise ConvslimError("the batches are empty: no images to calibrate with")
-    images = torch.cat(out)[:n]
-    return images.to(device) if device is not None else images

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import distributed as dist
+from .batches import take_batches
 from .errors import ConvslimError
 
 LOG_EVERY = 10   # steps between progress-bar updates (each one waits for the device)
@@ -242,7 +243,6 @@ def recalibrate_bn(model, data, *, batches=20, batch_size=128, device=None, seed
     convslim Splits (augmented training batches) or the first `batches` of any iterable of inputs
     or (input, target) pairs."""
     from .data import Splits
-    from .task import take_batches
 
     device = device or dist.pick_device("auto")
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]

@@ -5,7 +5,7 @@ import torch
 
 import convslim
 from convslim.cli import main
-from convslim.compact import compare_layers, convert, ghost_params, separable_params, separable_ratio
+from convslim.convert import compare_layers, convert, ghost_params, separable_params, separable_ratio
 from convslim.models import create
 
 

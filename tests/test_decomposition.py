@@ -10,7 +10,7 @@ from convslim.decomposition import LowRank, auto_decompose, decompose, energy_ra
 from convslim.decomposition import cp, svd, tucker
 from convslim.errors import ConvslimError
 from convslim.pruning import remove_channels
-from convslim.search import SearchConfig
+from convslim.budget import SearchConfig
 
 
 def small(name="digits_resnet"):

@@ -11,9 +11,10 @@ import torch
 
 import convslim
 from conftest import on
-from convslim.checkpoint import device_of, example_input
-from convslim.compact import compare_layers, convert
+from convslim.checkpoint import example_input
+from convslim.convert import compare_layers, convert
 from convslim.decomposition import LowRank, decompose
+from convslim.device import device_of
 from convslim.distill import DistillConfig, Distiller
 from convslim.metrics import count, latency, profile, state_dict_bytes
 from convslim.pruning.criteria import PermutationOptions

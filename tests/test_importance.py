@@ -7,7 +7,7 @@ from torch import nn
 import convslim
 from convslim.pruning.importance import (expected_change, loop_importance, permutation_importance,
                                          sampled_change, destroyed_weights)
-from convslim.pruning.surgery import build_graph
+from convslim.graph import build_graph
 
 
 def net(groups=1):

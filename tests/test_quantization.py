@@ -17,7 +17,7 @@ from convslim.quantization.fakequant import quantize_weights, strip
 from convslim.quantization.quantizers import (QuantSpec, check_bits, dequantize, fake_quantize, qrange, quantize,
                                               scale_zero_point)
 from convslim.quantization.storage import load_compressed, save_compressed
-from convslim.session import remember_data
+from convslim.binding import remember_data
 from convslim.train import TrainConfig, fit
 
 

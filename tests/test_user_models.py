@@ -8,7 +8,7 @@ from torch import nn
 
 import convslim
 from convslim.data import load_data
-from convslim.search import SearchConfig, budget_search
+from convslim.budget import SearchConfig, budget_search
 
 
 class Branches(nn.Module):

@@ -125,7 +125,7 @@ def open_model(args, splits=None):
 
 def open_data(args, model=None):
     from ..data import load_data
-    from ..session import data_for
+    from ..binding import data_for
 
     if model is not None:
         splits = data_for(model, args.data, val_fraction=args.val_fraction, seed=args.seed, resize=args.resize)

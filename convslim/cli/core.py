@@ -12,7 +12,7 @@ OPSETS = (13, 20)   # the opsets torch's exporter and ONNX Runtime both handle f
 
 
 def cmd_train(args):
-    from ..session import remember_data
+    from ..binding import remember_data
     from ..train import TrainConfig, fit, evaluate
 
     out = Path(args.out)
@@ -80,7 +80,7 @@ def cmd_profile(args):
         prof["accuracy"] = evaluate(model, splits, args.split, device=dist.pick_device(args.device))
     print_profile(prof)
     if args.compare_separable:
-        from ..compact import compare_layers, format_table
+        from ..convert import compare_layers, format_table
         print("\nper conv layer as is, as depthwise-separable and as Ghost replacement:")
         print(format_table(compare_layers(model)))
     if args.json:

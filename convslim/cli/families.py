@@ -4,10 +4,10 @@ import argparse
 import copy
 from pathlib import Path
 
+from ..budget import SearchConfig
 from ..checkpoint import example_input, record_of, save
 from ..errors import ConvslimError
 from ..metrics import count
-from ..search import SearchConfig
 from .common import (add_data_args, add_model_args, float_range, fraction, int_range, non_negative, open_data,
                      open_model, open_model_and_data, positive, positive_int, settings, write_json)
 
@@ -40,6 +40,14 @@ def _train_cfg(args, epochs=None):
     return TrainConfig(epochs=args.epochs if epochs is None else epochs, lr=args.lr, batch_size=args.batch_size,
                        weight_decay=args.weight_decay, seed=args.seed, device=args.device,
                        progress=not args.quiet).check()
+
+
+def _task(args, splits):
+    """The fine-tune `_train_cfg` describes, as a Task: `tune(model, epochs, teacher)`."""
+    from ..task import Task
+
+    return Task.from_splits(splits, lr=args.lr, batch_size=args.batch_size, seed=args.seed, device=args.device,
+                            progress=not args.quiet, weight_decay=args.weight_decay)
 
 
 def _add_distill_args(p, default="kd"):
@@ -81,7 +89,7 @@ def _sizes(model):
 
 def cmd_distill(args):
     from ..distill import distill_fit, report_section
-    from ..session import remember_data
+    from ..binding import remember_data
     from ..train import evaluate
 
     if not args.teacher.endswith(".pt"):
@@ -133,10 +141,10 @@ def print_layers(rows):
 
 
 def cmd_decompose(args):
+    from ..budget import flops_params
     from ..decomposition import auto_decompose, decompose
     from ..decomposition.report import report_section
-    from ..search import flops_params
-    from ..train import evaluate, fit
+    from ..train import evaluate
 
     layers = [x.strip() for x in args.layers.split(",")] if args.layers else None
     if args.auto and not args.data:
@@ -167,9 +175,7 @@ def cmd_decompose(args):
             summary["base_test_acc"] = evaluate(model, splits, "test")["top1"]
             summary["decomposed_test_acc"] = evaluate(slim, splits, "test")["top1"]
             if args.epochs > 0:
-                from ..distill import kd_loss_fn
-                loss_fn = kd_loss_fn(copy.deepcopy(model)) if args.distill else None
-                fit(slim, splits, _train_cfg(args), loss_fn=loss_fn, validate=False)
+                _task(args, splits).tune(slim, args.epochs, copy.deepcopy(model) if args.distill else None)
                 slim.eval()
             summary["test_acc"] = evaluate(slim, splits, "test")["top1"]
         summary.update(flops_params(count(model, example_input(model)), count(slim, example_input(slim))))
@@ -226,7 +232,7 @@ def cmd_sparsify(args):
 # --- convert and compare -------------------------------------------------------------------------
 
 def cmd_convert(args):
-    from ..compact import convert, report_section
+    from ..convert import convert, report_section
     from ..distill import distill_fit
     from ..train import evaluate
 
@@ -255,7 +261,7 @@ def cmd_convert(args):
 
 
 def cmd_compare(args):
-    from ..compact import compare_layers, format_table, report_section, totals
+    from ..convert import compare_layers, format_table, report_section, totals
 
     model = open_model(args)
     rows = compare_layers(model, ratio=args.ratio, dw=args.dw)

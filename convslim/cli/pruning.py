@@ -2,11 +2,11 @@
 import json
 from pathlib import Path
 
+from ..budget import SearchConfig
 from ..checkpoint import save
 from ..errors import ConvslimError
 from ..pruning.criteria import CRITERIA, PermutationOptions
 from ..pruning.importance import ESTIMATORS, MEASURES, PERMS
-from ..search import SearchConfig
 from .common import (add_data_args, add_model_args, fraction, non_negative, open_model_and_data, open_teacher,
                      positive, positive_int, settings, write_json)
 
@@ -61,11 +61,12 @@ def print_result(summary):
 
 
 def cmd_prune(args):
+    from ..budget import flops_params
     from ..checkpoint import example_input
     from ..metrics import count
     from ..pruning.prune import apply_rule, channel_importance
-    from ..search import flops_params
-    from ..train import TrainConfig, evaluate, fit
+    from ..task import Task
+    from ..train import evaluate
 
     rules = [(k, v) for k, v in (("cr", args.cr), ("ratio", args.ratio), ("ratios", args.ratios)) if v is not None]
     if len(rules) != 1:
@@ -78,11 +79,8 @@ def cmd_prune(args):
     imp = channel_importance(model, splits, criterion=args.criterion, calib_batches=args.calib_batches,
                              options=options_from(args), seed=args.seed, ignored_layers=args.ignore)
     slim, kept = apply_rule(model, imp, rule, value, multiple=args.multiple)
-    if args.finetune_epochs > 0:
-        from ..distill import kd_loss_fn
-        fit(slim, splits, TrainConfig(epochs=args.finetune_epochs, lr=args.lr, seed=args.seed, device=args.device),
-            validate=False,
-            loss_fn=kd_loss_fn(teacher) if teacher is not None else None)
+    Task.from_splits(splits, lr=args.lr, seed=args.seed, device=args.device,
+                     progress=True).tune(slim, args.finetune_epochs, teacher)
     summary = flops_params(count(model, example_input(model)), count(slim, example_input(slim)))
     summary.update(base_test_acc=evaluate(model, splits, "test")["top1"], test_acc=evaluate(slim, splits, "test")["top1"],
                    rule=rule, value=value, criterion=args.criterion, channels=kept)
@@ -104,7 +102,7 @@ def finish(args, out, summary, model, splits, imp, with_search):
 
 def cmd_auto(args):
     from ..pruning.prune import channel_importance
-    from ..pruning.search import auto_prune
+    from ..pruning.auto import auto_prune
 
     cfg = SearchConfig(max_acc_loss=args.max_acc_loss, min_interval=args.min_interval,
                        probe_epochs=args.probe_epochs, final_epochs=args.final_epochs, lr=args.lr,

@@ -7,6 +7,6 @@ pruner's automatic search over that energy.
 """
 from .model import METHODS, LowRank, decompose, plan
 from .rank import energy_rank
-from .search import auto_decompose
+from .auto import auto_decompose
 
 __all__ = ["METHODS", "LowRank", "auto_decompose", "decompose", "energy_rank", "plan"]

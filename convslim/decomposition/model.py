@@ -8,8 +8,10 @@ import copy
 import torch
 from torch import nn
 
-from ..checkpoint import EDIT_REPLAYERS, device_of, example_input, record_of
+from ..checkpoint import EDIT_REPLAYERS, record_of
+from ..device import device_of
 from ..errors import ConvslimError
+from ..layers import get_module, input_shapes, replace_module
 from ..metrics import count
 from . import cp, svd, tucker
 from .rank import check_energy
@@ -27,20 +29,6 @@ class LowRank(nn.Sequential):
         self.ranks = [int(r) for r in ranks]
 
 
-def get_module(model, name):
-    modules = dict(model.named_modules())
-    if name not in modules:
-        raise ConvslimError(f"no layer named {name!r} in the model")
-    return modules[name]
-
-
-def replace_module(model, name, new):
-    """Put `new` where the submodule `name` is (dotted path)."""
-    parent_name, _, child = name.rpartition(".")
-    parent = get_module(model, parent_name) if parent_name else model
-    setattr(parent, child, new)
-
-
 def layer_method(layer, method):
     """What a layer can become: linear and 1x1 layers SVD, kxk convs the chosen method; grouped
     convs, string or non-zero padding modes are left alone (None)."""
@@ -50,31 +38,6 @@ def layer_method(layer, method):
             or isinstance(layer.padding, str):
         return None
     return "svd" if layer.kernel_size == (1, 1) else method
-
-
-def input_shapes(model, names):
-    """Input shape (without batch) reaching each named layer, in the order the forward pass
-    reaches them (layers it never reaches are absent)."""
-    shapes, hooks = {}, []
-    modules = dict(model.named_modules())
-
-    def keep(name):
-        def hook(mod, inputs):
-            shapes.setdefault(name, tuple(inputs[0].shape[1:]))
-        return hook
-
-    for n in names:
-        hooks.append(modules[n].register_forward_pre_hook(keep(n)))
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example_input(model))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was)
-    return shapes
 
 
 def candidates(model, layers=None):

@@ -5,7 +5,7 @@ Xception-style separable net.
 CIFAR adaptations follow kuangliu/pytorch-cifar: stride-1 stems and fewer early downsamplings so
 32x32 inputs end at 4x4 (or 2x2). Every net keeps the zoo's contract (global average pooling,
 then one ``nn.Linear`` named ``classifier``). The blocks (`SeparableConv`, `GhostModule`) are
-also what `convslim.compact` uses to convert the layers of any model.
+also what `convslim.convert` uses to convert the layers of any model.
 
 Channel shuffle (a 5-d view and transpose) and ShuffleNetV1's grouped 1x1 convs are beyond
 torch-pruning's DependencyGraph (its maintainers say so: VainF/Torch-Pruning#45), so the two

@@ -1,4 +1,4 @@
 """Channel pruning: structural surgery (torch-pruning), and the criteria and search built on it."""
-from .surgery import remove_channels, replay_history
+from .surgery import remove_channels
 
-__all__ = ["remove_channels", "replay_history"]
+__all__ = ["remove_channels"]

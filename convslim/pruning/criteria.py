@@ -11,7 +11,8 @@ import torch.nn.functional as F
 import torch_pruning as tp
 
 from ..errors import ConvslimError
-from .importance import contributions, following_bn, forward_with_hooks, permutation_importance
+from ..hooks import run_with_hooks
+from .importance import contributions, following_bn, permutation_importance
 from .retention import group_contributions, normalised
 
 TP_CRITERIA = {
@@ -76,7 +77,7 @@ def hrank_scores(model, layers, batches, graph):
             sums[name] = rank if sums[name] is None else sums[name] + rank
         return record
 
-    images = forward_with_hooks(model, {n: hook(n) for n in layers}, batches)
+    images = run_with_hooks(model, {n: hook(n) for n in layers}, batches)
     return {n: (s / images).cpu() for n, s in sums.items()}
 
 

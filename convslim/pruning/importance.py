@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConvslimError
+from ..hooks import run_with_hooks
 
 PERMS = ("shuffle", "zero", "reinit")
 ESTIMATORS = ("expected", "sample")
@@ -85,26 +86,6 @@ def expected_change(x, weight, conv):
     return (mean_term + var_term).sum(dim=(0, 2, 3))
 
 
-def forward_with_hooks(model, hooks, batches):
-    """Run the model in eval mode over `batches` with forward hooks {layer name: hook} attached;
-    the hooks do the measuring. Returns the number of images seen."""
-    modules = dict(model.named_modules())
-    handles = [modules[name].register_forward_hook(fn) for name, fn in hooks.items()]
-    was_training = model.training
-    model.eval()
-    images = 0
-    try:
-        with torch.no_grad():
-            for x in batches:
-                model(x)
-                images += x.shape[0]
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    return images
-
-
 def following_bn(graph, module):
     """The BatchNorm that directly consumes this layer's output, if any (via the traced graph)."""
     node = graph.module2node.get(module)
@@ -159,7 +140,7 @@ def permutation_importance(model, layers, inputs, *, perm="shuffle", estimator="
             totals[name] += d.double()
         return accumulate
 
-    images = forward_with_hooks(model, {name: hook(name) for name in layers}, inputs)
+    images = run_with_hooks(model, {name: hook(name) for name in layers}, inputs)
     if images == 0:
         raise ConvslimError("no calibration images: importance needs at least one batch")
     scores = {name: (t / images).float().cpu() for name, t in totals.items()}
@@ -179,7 +160,7 @@ def loop_importance(model, layer, inputs, *, perm="shuffle", seed=0):
     weight, conv = as_conv(module)
     destroyed = destroyed_weights(weight, perm, layer_generator(seed, layer))
     captured = []
-    images = forward_with_hooks(model, {layer: lambda m, a, o: captured.append(as_image(m, a[0].detach()))}, inputs)
+    images = run_with_hooks(model, {layer: lambda m, a, o: captured.append(as_image(m, a[0].detach()))}, inputs)
     d = torch.zeros(weight.shape[0], dtype=torch.float64, device=weight.device)
     with torch.no_grad():
         for i in range(weight.shape[0]):

@@ -8,12 +8,14 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from ..checkpoint import device_of, ensure_record, example_input as example, record_of
-from ..task import take_batches
+from ..batches import take_batches
+from ..checkpoint import ensure_record, example_input as example, record_of
+from ..device import device_of
 from ..errors import ConvslimError
+from ..graph import build_graph
 from .criteria import CRITERIA, PermutationOptions, group_scores
 from .retention import coupled_groups, plan_removals
-from .surgery import build_graph, remove_channels
+from .surgery import remove_channels
 
 
 @dataclass

@@ -19,7 +19,7 @@ import torch
 from ..checkpoint import ensure_record, record_of
 from ..errors import ConvslimError
 from ..metrics import ort_latency_ms, state_dict_bytes
-from ..task import take_images
+from ..batches import take_images
 from ..train import TrainConfig, evaluate, fit, recalibrate_bn
 from . import binarize as binmod
 from .clustering import cluster as cluster_weights
@@ -40,7 +40,7 @@ class FineTune:
     epochs: float = 0
     lr: float = 0.01
     batch_size: int = 128
-    teacher: object = None          # a float model to distil from (convslim.distill.kd_loss_fn)
+    teacher: object = None          # a float model to distil from (convslim.kd.kd_loss_fn)
     seed: int = 0
     device: str = "cpu"
     progress: bool = True
@@ -48,7 +48,7 @@ class FineTune:
     def run(self, model, splits):
         if not self.epochs:
             return None
-        from ..distill import kd_loss_fn
+        from ..kd import kd_loss_fn
 
         loss_fn = kd_loss_fn(self.teacher) if self.teacher is not None else None
         cfg = TrainConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=self.seed,

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import EDIT_REPLAYERS, record_of
+from ..checkpoint import BEFORE_SAVE, EDIT_REPLAYERS, record_of
 from ..errors import ConvslimError
 from ..fileio import atomic_path, check_output_path
 from . import huffman
@@ -143,6 +143,7 @@ def _replay_xnor_inputs(model, edit):
 
 EDIT_REPLAYERS["quantize_inputs"] = _replay_quantize_inputs
 EDIT_REPLAYERS["xnor_inputs"] = _replay_xnor_inputs
+BEFORE_SAVE.append(sync_input_edits)   # input transforms become edits before any save
 
 
 # --- encoding --------------------------------------------------------------------------------------

@@ -8,10 +8,10 @@ import copy
 import time
 from dataclasses import asdict, dataclass
 
-from ..distill import kd_loss_fn
 from ..distributed import pick_device
 from ..errors import ConvslimError
-from ..train import TrainConfig, evaluate, fit
+from ..task import Task
+from ..train import evaluate
 from .magnitude import SCOPES, keep_masks, magnitude_masks, sparsity_table
 
 
@@ -61,7 +61,7 @@ def sparsify(model, splits=None, cfg=None, *, progress=True, echo=print):
     dense = model.eval()
     sparse = copy.deepcopy(dense)
     steps = targets(cfg) if splits is not None else [cfg.sparsity]
-    loss_fn = kd_loss_fn(copy.deepcopy(dense)) if cfg.distill and splits is not None else None
+    teacher = copy.deepcopy(dense) if cfg.distill and splits is not None else None
     base_val = evaluate(dense, splits, "val", device=device)["top1"] if splits is not None else None
     log, masks = [], {}
     for i, target in enumerate(steps, 1):
@@ -69,10 +69,9 @@ def sparsify(model, splits=None, cfg=None, *, progress=True, echo=print):
         masks = magnitude_masks(sparse, target, cfg.scope, exclude=cfg.exclude)
         epochs = cfg.epochs_per_step + (cfg.final_epochs if i == len(steps) else 0)
         with keep_masks(sparse, masks):
-            if splits is not None and epochs > 0:
-                fit(sparse, splits, TrainConfig(epochs=epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed + i,
-                                                device=cfg.device, progress=progress),
-                    loss_fn=loss_fn, validate=False)
+            if splits is not None:
+                Task.from_splits(splits, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed + i, device=cfg.device,
+                                 progress=progress).tune(sparse, epochs, teacher)
         sparse.eval()
         rec = {"step": i, "target": target, "sparsity": sparsity_table(sparse, cfg.exclude)[1],
                "seconds": time.perf_counter() - t0}

@@ -4,8 +4,8 @@ threshold against an accuracy budget, a short fine-tune per probe.
 Reuses the pruner's SearchConfig, probe recovery, resumable JSON log and Task protocol: the same
 loop with energy in place of the cumulative contribution rate.
 """
+from ..budget import SearchConfig, budget_search, on_search_device, task_for
 from ..checkpoint import ensure_record
-from ..search import SearchConfig, budget_search, on_search_device, task_for
 from .model import decompose
 
 
@@ -26,6 +26,6 @@ def auto_decompose(model, data=None, method="tucker", cfg=None, *, example_input
     best, summary, best_rec = budget_search(model, task, cfg, make, key="energy",
                                             header={"model": model_id, "method": method, "layers": layers},
                                             log_path=log_path, progress=progress, echo=echo,
-                                     settings=settings)
+                                            settings=settings)
     summary.update(method=method, layers=best_rec["layers"] if best_rec else [])
     return best, summary

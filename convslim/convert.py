@@ -1,6 +1,7 @@
-"""Compact modules applied to any model (seed 003 section 2.2.5, eqs. 2-10 to 2-15): what each
-conv layer would cost as a depthwise-separable or a Ghost replacement, and the converted model
-itself, trained by distillation from the original.
+"""Convert any model's conv layers to compact modules (seed 003 section 2.2.5, eqs. 2-10 to 2-15):
+what each conv layer would cost as a depthwise-separable or a Ghost replacement, and the converted
+model itself, trained by distillation from the original. (The compact networks of the zoo are
+convslim.models.compact.)
 
     rows = compare_layers(model)                                  # params / FLOPs per conv layer
     student, rows = convert(model, "separable")                   # copy, replaced layers fresh
@@ -16,9 +17,10 @@ import math
 import torch
 from torch import nn
 
-from .checkpoint import EDIT_REPLAYERS, device_of, record_of
-from .decomposition.model import get_module, input_shapes, replace_module
+from .checkpoint import EDIT_REPLAYERS, record_of
+from .device import device_of
 from .errors import ConvslimError
+from .layers import get_module, input_shapes, replace_module
 from .metrics import count
 from .models import init_weights
 from .models.compact import GhostModule, SeparableConv

@@ -19,7 +19,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .checkpoint import device_of, example_input, read, rebuild, record_of, save
+from .checkpoint import example_input, new_model, read, rebuild, record_of, save
+from .device import device_of
 from .distributed import pick_device
 from .errors import ConvslimError
 from .fileio import write_text_atomic
@@ -194,11 +195,9 @@ def on_search_device(model, data, cfg):
 def fresh_base(model):
     """The unpruned base of `model`, for replaying a saved candidate's full history onto: the model
     itself (copied) when nothing was removed from it yet, else rebuilt from its architecture."""
-    from .modelspec import build_model
-
     rec = record_of(model)
     if not rec.history and not rec.edits:
         return copy.deepcopy(model)
     a = rec.arch
-    return build_model(a["model"], num_classes=a["num_classes"], in_channels=a["in_channels"], width=a["width"],
-                       input_shape=rec.input_shape, output=a.get("output"), check=False).to(device_of(model))
+    return new_model(a["model"], num_classes=a["num_classes"], in_channels=a["in_channels"], width=a["width"],
+                     input_shape=rec.input_shape, output=a.get("output"), check=False).to(device_of(model))

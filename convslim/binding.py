@@ -1,4 +1,6 @@
-"""Glue shared by the CLI and the Python API: a model and data that fit each other."""
+"""A model bound to its data: which data and normalisation it was trained with (kept in its
+record), and loading data that fits a saved model. Shared by the CLI, the benchmarks and the
+Python API."""
 import dataclasses
 
 from .checkpoint import record_of

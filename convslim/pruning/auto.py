@@ -1,7 +1,7 @@
-"""The fully automatic pruner: the budget search (convslim.search) over the one cumulative
+"""The fully automatic pruner: the budget search (convslim.budget) over the one cumulative
 contribution rate cr, with channel importance computed once and reused by every probe."""
+from ..budget import SearchConfig, budget_search, on_search_device, task_for
 from ..checkpoint import ensure_record
-from ..search import SearchConfig, budget_search, on_search_device, task_for
 from .prune import apply_rule, channel_importance, kept_per_layer
 
 __all__ = ["SearchConfig", "auto_prune"]
