@@ -20,10 +20,11 @@ from .pruning.auto import auto_prune
 from .pruning.criteria import PermutationOptions
 from .pruning.prune import apply_rule, channel_importance, prune
 from .quantization.methods import ptq
-from .task import Task
+from .sparsity import sparsify
+from .task import Task, trainer
 from .train import TrainConfig, evaluate, fit, recalibrate_bn
 
 __all__ = ["ConvslimError", "PermutationOptions", "SearchConfig", "Task", "TrainConfig", "apply_rule",
            "auto_decompose", "auto_prune",
            "build_model", "channel_importance", "count", "evaluate", "export_onnx", "fit", "load", "load_data",
-           "profile", "prune", "ptq", "recalibrate_bn", "save"]
+           "profile", "prune", "ptq", "recalibrate_bn", "save", "sparsify", "trainer"]

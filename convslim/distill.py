@@ -233,10 +233,13 @@ def distiller(student, teacher, cfg=None, input_shape=None):
 
 
 def distill_fit(student, teacher, splits, train_cfg=None, cfg=None, *, validate=True):
-    """Train `student` in place from `teacher` with the configured losses; returns fit's log."""
+    """Train `student` in place from `teacher` with the configured losses, on convslim Splits or
+    your own DataLoader of (input, target) batches; returns fit's log."""
+    from .batches import split_batch
     from .train import fit
 
-    with distiller(student, teacher, cfg, list(splits.input_shape)) as d:
+    shape = getattr(splits, "input_shape", None) or list(split_batch(next(iter(splits)))[0].shape[1:])
+    with distiller(student, teacher, cfg, list(shape)) as d:
         return fit(d, splits, train_cfg, loss_fn=d.loss_fn(), validate=validate)
 
 

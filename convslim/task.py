@@ -53,20 +53,31 @@ class Task:
         The one place "fine-tune, with distillation when a teacher is given" is written: the CLI's
         fine-tunes and the families' call `Task.from_splits(...).tune(model, epochs, teacher)`."""
 
-        def config(epochs):
-            return TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
-                               progress=progress, **train_options)
-
-        def finetune(model, epochs):
-            return fit(model, splits, config(epochs), validate=False)
-
-        def distil(model, epochs, teacher):
-            return fit(model, splits, config(epochs), validate=False, loss_fn=kd_loss_fn(teacher))
-
+        finetune, distil = trainer(splits, lr=lr, batch_size=batch_size, seed=seed, device=device,
+                                   progress=progress, **train_options)
         return cls(evaluate=lambda m: evaluate_split(m, splits, "val")["top1"],
                    test=lambda m: evaluate_split(m, splits, "test")["top1"],
                    batches=SplitBatches(splits, calib_batch_size, seed), finetune=finetune,
                    teacher_finetune=distil, metric="top-1 %", bn_data=splits)
+
+
+def trainer(data, **train_options):
+    """convslim's trainer as the protocol's callables, on convslim Splits or your own DataLoader of
+    (input, target) batches: (finetune(model, epochs), distil(model, epochs, teacher)). Settings
+    are TrainConfig fields (lr, weight_decay, seed, device, ...).
+
+        task = convslim.Task(evaluate=my_metric, batches=loader, finetune=convslim.trainer(loader, lr=0.01)[0])
+    """
+    def config(epochs):
+        return TrainConfig(epochs=epochs, **train_options)
+
+    def finetune(model, epochs):
+        return fit(model, data, config(epochs), validate=False)
+
+    def distil(model, epochs, teacher):
+        return fit(model, data, config(epochs), validate=False, loss_fn=kd_loss_fn(teacher))
+
+    return finetune, distil
 
 
 class SplitBatches:

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from . import distributed as dist
 from .batches import take_batches
+from .data import Splits
 from .errors import ConvslimError
 
 LOG_EVERY = 10   # steps between progress-bar updates (each one waits for the device)
@@ -89,8 +90,36 @@ def _memory_format(cfg, device, model):
     return torch.channels_last if use else torch.contiguous_format
 
 
+class OwnBatches:
+    """A user's iterable of (input, target) batches (a DataLoader) as fit's loader: moved to the
+    device, epochs passed on to a sampler that wants them (DistributedSampler)."""
+
+    def __init__(self, batches, device, memory_format=torch.contiguous_format):
+        from .batches import split_batch
+
+        self.batches, self.device, self.fmt, self.split = batches, device, memory_format, split_batch
+
+    def __len__(self):
+        return len(self.batches)
+
+    def set_epoch(self, epoch):
+        sampler = getattr(self.batches, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        for batch in self.batches:
+            x, y = self.split(batch)
+            if y is None:
+                raise ConvslimError("training needs (input, target) batches; got inputs without targets")
+            x = x.to(self.device)
+            yield (x.contiguous(memory_format=self.fmt) if x.dim() == 4 else x), y.to(self.device)
+
+
 def fit(model, splits, cfg=None, *, loss_fn=None, validate=True, resume=None):
-    """Train `model` in place on splits' train part; returns per-epoch figures and timing.
+    """Train `model` in place on convslim Splits' train part, or on any iterable of (input, target)
+    batches with a length (your DataLoader: then `cfg.batch_size` is the loader's business and
+    nothing is validated); returns per-epoch figures and timing.
 
     Timing separates the time spent waiting for a batch (loading, augmenting) from the time in
     forward, backward and the optimiser step, so the data overhead is measured, not guessed.
@@ -106,8 +135,11 @@ def fit(model, splits, cfg=None, *, loss_fn=None, validate=True, resume=None):
     model.to(device=device, memory_format=fmt)
     net = dist.wrap(model, device)
     loss_fn = loss_fn or cross_entropy(cfg.label_smoothing)
-    loader = splits.loader("train", cfg.batch_size, seed=cfg.seed, device=device, drop_last=True,
-                           rank=rank, world_size=world, channels_last=fmt is torch.channels_last)
+    if isinstance(splits, Splits):
+        loader = splits.loader("train", cfg.batch_size, seed=cfg.seed, device=device, drop_last=True,
+                               rank=rank, world_size=world, channels_last=fmt is torch.channels_last)
+    else:
+        loader, validate = OwnBatches(splits, device, fmt), False
     if len(loader) == 0:
         raise ConvslimError(f"the training split has fewer images than one batch ({cfg.batch_size} per process)")
     steps_per_epoch = len(loader)

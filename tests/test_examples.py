@@ -64,3 +64,28 @@ def test_own_loop_trains_qat(tmp_path):
                 evaluate=lambda m: own.top1(m, val_loader), latency_batches=())
     assert calls == [0.5] and (tmp_path / "q.onnx").exists()
     assert abs(res["top1"] - res["sim_top1"]) <= 3.0      # the exported int8 file keeps what QAT learned
+
+
+def test_own_loader_through_sparsify_distill_and_convslims_trainer(tmp_path):
+    """sparsify with the user's loop and metric; distill_fit and convslim's trainer on a DataLoader."""
+    import own_loop_auto_prune as own
+    import convslim
+    from convslim.distill import DistillConfig, distill_fit
+    from convslim.train import TrainConfig
+
+    torch.manual_seed(0)
+    train_loader, val_loader = own.loaders()
+    teacher = own.TwoBranchNet()
+    finetune, _ = convslim.trainer(train_loader, lr=0.05, device="cpu", progress=False)
+    finetune(teacher, 2)                                   # convslim's trainer on the user's loader
+    assert own.top1(teacher, val_loader) > 40                # it learns (chance is 10%)
+    sparse, masks, summary = convslim.sparsify(
+        teacher, train_loader, convslim.sparsity.SparsifyConfig(sparsity=0.5, steps=2, epochs_per_step=0.5),
+        evaluate=lambda m: own.top1(m, val_loader), finetune=lambda m, e: own.train(m, train_loader, e),
+        progress=False)
+    assert summary["sparsity"] >= 0.45 and all("val_acc" in s for s in summary["steps"])
+    student = own.TwoBranchNet()
+    before = own.top1(student, val_loader)
+    distill_fit(student, teacher, train_loader, TrainConfig(epochs=2, lr=0.05, device="cpu", progress=False),
+                DistillConfig(alpha=0.5))
+    assert own.top1(student, val_loader) > before + 15

@@ -10,8 +10,9 @@ from dataclasses import asdict, dataclass
 
 from ..distributed import pick_device
 from ..errors import ConvslimError
-from ..task import Task
-from ..train import evaluate
+from ..data import Splits
+from ..task import Task, as_task
+from ..train import evaluate as evaluate_split
 from .magnitude import SCOPES, keep_masks, magnitude_masks, sparsity_table
 
 
@@ -52,34 +53,51 @@ def targets(cfg):
     return [cfg.sparsity * (1 - (1 - i / n) ** 3) for i in range(1, n + 1)]
 
 
-def sparsify(model, splits=None, cfg=None, *, progress=True, echo=print):
+def sparsify(model, data=None, cfg=None, *, evaluate=None, finetune=None, progress=True, echo=print):
     """A sparse copy of `model` (masks applied and held through fine-tuning); returns
-    (model, masks, summary). With data, both models end on cfg.device (where the fine-tunes and
-    scores run); without data it prunes once at the final sparsity, where the model is."""
+    (model, masks, summary).
+
+    `data` is convslim Splits (validation top-1 scores each step; both models end on cfg.device),
+    a Task, or your own batches with `evaluate(model) -> float` and `finetune(model, epochs)`: the
+    masks are held while your loop trains. Without data it prunes once at the final sparsity,
+    where the model is."""
     cfg = (cfg or SparsifyConfig()).check()
-    device = pick_device(cfg.device) if splits is not None else None   # fine-tuning and scoring
+    own = data is not None and not isinstance(data, Splits)
+    task = as_task(data, evaluate=evaluate, finetune=finetune) if own else None
+    device = pick_device(cfg.device) if data is not None and not own else None
     dense = model.eval()
     sparse = copy.deepcopy(dense)
-    steps = targets(cfg) if splits is not None else [cfg.sparsity]
-    teacher = copy.deepcopy(dense) if cfg.distill and splits is not None else None
-    base_val = evaluate(dense, splits, "val", device=device)["top1"] if splits is not None else None
+    steps = targets(cfg) if data is not None else [cfg.sparsity]
+    teacher = copy.deepcopy(dense) if cfg.distill and data is not None else None
+
+    def score(m):
+        if data is None:
+            return None
+        return float(task.evaluate(m)) if own else evaluate_split(m, data, "val", device=device)["top1"]
+
+    def tune(m, epochs, step):
+        if own:
+            task.tune(m, epochs, teacher)
+        elif data is not None:
+            Task.from_splits(data, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed + step, device=cfg.device,
+                             progress=progress).tune(m, epochs, teacher)
+
+    base_val = score(dense)
     log, masks = [], {}
     for i, target in enumerate(steps, 1):
         t0 = time.perf_counter()
         masks = magnitude_masks(sparse, target, cfg.scope, exclude=cfg.exclude)
         epochs = cfg.epochs_per_step + (cfg.final_epochs if i == len(steps) else 0)
         with keep_masks(sparse, masks):
-            if splits is not None:
-                Task.from_splits(splits, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed + i, device=cfg.device,
-                                 progress=progress).tune(sparse, epochs, teacher)
+            tune(sparse, epochs, i)
         sparse.eval()
         rec = {"step": i, "target": target, "sparsity": sparsity_table(sparse, cfg.exclude)[1],
                "seconds": time.perf_counter() - t0}
-        if splits is not None:
-            rec["val_acc"] = evaluate(sparse, splits, "val", device=device)["top1"]
+        if data is not None:
+            rec["val_acc"] = score(sparse)
         log.append(rec)
         if progress:
-            tail = f", val {rec['val_acc']:.2f}% (dense {base_val:.2f}%)" if splits is not None else ""
+            tail = f", val {rec['val_acc']:.2f} (dense {base_val:.2f})" if data is not None else ""
             echo(f"step {i}/{len(steps)}: sparsity {rec['sparsity']:.3f}{tail}, {rec['seconds']:.1f}s")
     rows, total = sparsity_table(sparse, cfg.exclude)
     summary = {"config": asdict(cfg), "steps": log, "layers": rows, "sparsity": total, "base_val_acc": base_val}
