@@ -89,3 +89,29 @@ def test_own_loader_through_sparsify_distill_and_convslims_trainer(tmp_path):
     distill_fit(student, teacher, train_loader, TrainConfig(epochs=2, lr=0.05, device="cpu", progress=False),
                 DistillConfig(alpha=0.5))
     assert own.top1(student, val_loader) > before + 15
+
+
+def test_own_model_through_prune_and_decomposition_search(tmp_path):
+    """prune and auto_decompose with only public names: the user's loader, loop and metric; the
+    results save, reload onto the user's code and export."""
+    import own_loop_auto_prune as own
+    import convslim
+
+    torch.manual_seed(0)
+    train_loader, val_loader = own.loaders()
+    model = own.TwoBranchNet()
+    own.train(model, train_loader, 2)
+    slim, kept = convslim.prune(model, train_loader, cr=0.8, example_input=(1, 8, 8))
+    assert convslim.count(slim, torch.randn(1, 1, 8, 8))["flops"] < convslim.count(model, torch.randn(1, 1, 8, 8))["flops"]
+    low, summary = convslim.auto_decompose(
+        model, train_loader, "svd", convslim.SearchConfig(max_acc_loss=20.0, min_interval=0.25, probe_epochs=0.2,
+                                                          final_epochs=0.2),
+        evaluate=lambda m: own.top1(m, val_loader), finetune=lambda m, e: own.train(m, train_loader, e),
+        progress=False)
+    assert summary["probes"] == 2
+    for name, result in (("pruned", slim), ("low", low)):
+        path = tmp_path / f"{name}.pt"
+        convslim.save(result, path)
+        again = convslim.load(path, model=own.TwoBranchNet())
+        assert _same_outputs(result, again, (1, 8, 8))
+        convslim.export_onnx(again, tmp_path / f"{name}.onnx", [1, 8, 8])
