@@ -29,6 +29,9 @@ from .task import as_task
 from .train import TrainConfig, recalibrate_bn
 
 
+SEARCHES = ("thesis", "calibrated")
+
+
 @dataclass
 class SearchConfig:
     max_acc_loss: float = 1.0      # accepted validation accuracy loss, percentage points
@@ -40,6 +43,8 @@ class SearchConfig:
     batch_size: int = 128
     distill: bool = False          # final fine-tune learns from the original model (KD)
     multiple: int = 1              # round channel counts up to a multiple (hardware)
+    search: str = "thesis"         # thesis (bisection on probe readings) | calibrated (gap-corrected, verified)
+    verify_epochs: float = None    # calibrated: fine-tune per verification (default final_epochs / 4)
     seed: int = 0
     device: str = "auto"
 
@@ -52,6 +57,10 @@ class SearchConfig:
             raise ConvslimError("probe and final epochs must be non-negative")
         if self.multiple < 1:
             raise ConvslimError(f"channel multiple must be at least 1, got {self.multiple}")
+        if self.search not in SEARCHES:
+            raise ConvslimError(f"unknown search {self.search!r}; choose one of {', '.join(SEARCHES)}")
+        if self.verify_epochs is not None and not self.verify_epochs > 0:
+            raise ConvslimError(f"verify epochs must be positive, got {self.verify_epochs}")
         return self
 
     @property
@@ -115,8 +124,9 @@ def budget_search(model, task, cfg, make, *, key, header, teacher=None, log_path
                   echo=print, settings=None):
     """Search `key` in [0, 1] with `make(value) -> (candidate, record fields)`, judged by
     `task.evaluate` (any metric, higher is better; the budget is in its units); returns
-    (fine-tuned best model, summary, the best probe's record or None). `settings` (the command's
-    resolved options) is kept in the log so the run can be repeated."""
+    (fine-tuned best model, summary, the chosen record or None). `cfg.search` picks the strategy
+    (`thesis`: plain bisection on probe readings; `calibrated`: see `calibrated_search`).
+    `settings` (the command's resolved options) is kept in the log so the run can be repeated."""
     cfg = cfg.check()
     task = task_for(task, cfg)
     t_start = time.perf_counter()
@@ -124,60 +134,162 @@ def budget_search(model, task, cfg, make, *, key, header, teacher=None, log_path
     base_val = float(task.evaluate(model))
     log = SearchLog(log_path, {**header, "config": asdict(cfg), "base_val_acc": round(base_val, 6)}, settings)
     base_counts = count(model, example_input(model))
-    lo, hi, best, best_rec = 0.0, 1.0, None, None
     if log.probes:
-        echo(f"resuming from {log_path}: {len(log.probes)} probe(s) done")
-        for rec in log.probes:
-            lo, hi = (lo, rec[key]) if rec["decision"] == "keep" else (rec[key], hi)
-        kept = [r for r in log.probes if r["decision"] == "keep"]
-        if kept and log.candidate_path.exists():
-            best = rebuild(read(log.candidate_path), log.candidate_path, model=fresh_base(model))
-            best, best_rec = best.to(device_of(model)), min(kept, key=lambda r: r["flops"])
-    while hi - lo > cfg.min_interval + 1e-12:
-        value = (lo + hi) / 2
+        echo(f"resuming from {log_path}: {len(log.probes)} record(s) done")
+    done = {(r.get("kind", "probe"), r[key]): r for r in log.probes}
+    fresh = {}                       # value -> the recovered candidate of a probe made in this run
+
+    def probe(value):
+        """A candidate at `value`, BN re-estimated and briefly fine-tuned, scored (cached in the log)."""
+        if ("probe", value) in done:
+            return done[("probe", value)]
         t0 = time.perf_counter()
         cand, fields = make(value)
         recover(cand, task, cfg)
         val = float(task.evaluate(cand))
         counts = count(cand, example_input(cand))
-        ok = val + cfg.max_acc_loss >= base_val
-        rec = {"probe": len(log.probes) + 1, key: value, **fields, "flops": counts["flops"],
-               "params": counts["params"], "val_acc": val, "decision": "keep" if ok else "reject",
+        rec = {"probe": len(log.probes) + 1, "kind": "probe", key: value, **fields, "flops": counts["flops"],
+               "params": counts["params"], "val_acc": val, "epochs": cfg.probe_epochs,
                "seconds": time.perf_counter() - t0}
-        if ok:
-            hi = value
-            if best_rec is None or counts["flops"] < best_rec["flops"]:
-                best, best_rec = cand, rec
-                if log.candidate_path:
-                    save(best, log.candidate_path, search={key: value})
-        else:
-            lo = value
-        log.add(rec)
-        if progress:
-            echo(f"probe {rec['probe']}: {key} {value:.4f}  {task.metric} {val:.2f} (base {base_val:.2f})  "
-                 f"FLOPs -{100 * (1 - counts['flops'] / base_counts['flops']):.1f}%  {rec['decision']}  "
-                 f"{rec['seconds']:.1f}s")
+        fresh[value] = cand
+        done[("probe", value)] = rec
+        return rec
+
+    def say(rec):
+        """One line per logged record, printed once it is in the log."""
+        if not progress:
+            return
+        what = (f"probe {rec['probe']}: {key} {rec[key]:.4f}" if rec["kind"] == "probe" else
+                f"verify: {key} {rec[key]:.4f} after {rec['epochs']:g} epochs (probe read {rec['probe_val']:.2f})")
+        echo(f"{what}  {task.metric} {rec['val_acc']:.2f} (base {base_val:.2f})  "
+             f"FLOPs -{100 * (1 - rec['flops'] / base_counts['flops']):.1f}%  {rec['decision']}  {rec['seconds']:.1f}s")
+
+    def candidate(value):
+        """The probe's candidate itself when made in this run, else made again (the same, seeded)."""
+        if value in fresh:
+            return fresh.pop(value)
+        return recover(make(value)[0], task, cfg)
+
+    strategy = thesis_search if cfg.search == "thesis" else calibrated_search
+    chosen = strategy(probe, candidate, task, cfg, log, key, base_val, done, say)
+    best = None
+    if chosen is not None and log.candidate_path and log.candidate_path.exists() and not chosen.get("_fresh"):
+        best = rebuild(read(log.candidate_path), log.candidate_path, model=fresh_base(model)).to(device_of(model))
+    elif chosen is not None:
+        best = chosen.pop("_model")
+    chosen = {k: v for k, v in chosen.items() if not k.startswith("_")} if chosen else None
     if best is None:
         echo("no probe stayed within the accuracy budget: nothing is pruned, nothing is fine-tuned; "
              "the model is returned as it came (try a larger --max-acc-loss or longer --probe-epochs)")
         best = copy.deepcopy(model)
     t_final = time.perf_counter()
     teacher = teacher if teacher is not None else (copy.deepcopy(model) if cfg.distill else None)
-    if best_rec is not None:
+    if chosen is not None:
         task.tune(best, cfg.final_epochs, teacher)
     best = best.eval()
+    search_epochs = sum(r.get("epochs", cfg.probe_epochs) for r in log.probes)
     summary = {
-        "metric": task.metric, "base_val_acc": base_val, "final_val_acc": float(task.evaluate(best)),
-        "probes": len(log.probes), "search_seconds": sum(r["seconds"] for r in log.probes),
+        "metric": task.metric, "search": cfg.search, "base_val_acc": base_val,
+        "final_val_acc": float(task.evaluate(best)),
+        "probes": sum(r.get("kind", "probe") == "probe" for r in log.probes),
+        "verifications": sum(r.get("kind") == "verify" for r in log.probes),
+        "search_seconds": sum(r["seconds"] for r in log.probes),
         "final_seconds": time.perf_counter() - t_final, "seconds_this_run": time.perf_counter() - t_start,
-        "epochs": len(log.probes) * cfg.probe_epochs + (cfg.final_epochs if best_rec is not None else 0),
-        "pruned": best_rec is not None,
-        f"chosen_{key}": best_rec[key] if best_rec else 1.0, "max_acc_loss": cfg.max_acc_loss, "log": log.probes,
+        "search_epochs": search_epochs, "final_epochs": cfg.final_epochs if chosen is not None else 0,
+        "epochs": search_epochs + (cfg.final_epochs if chosen is not None else 0),
+        "pruned": chosen is not None,
+        f"chosen_{key}": chosen[key] if chosen else 1.0, "max_acc_loss": cfg.max_acc_loss, "log": log.probes,
     }
     if task.test is not None:
         summary.update(base_test_acc=float(task.test(model)), test_acc=float(task.test(best)))
     summary.update(flops_params(base_counts, count(best, example_input(best))))
-    return best, summary, best_rec
+    return best, summary, chosen
+
+
+def _keep(log, rec, cand, key, decision, say):
+    """Log a decided record; a kept candidate is saved beside the log so a resumed run finds it."""
+    rec["decision"] = decision
+    if decision == "keep" and cand is not None and log.candidate_path:
+        save(cand, log.candidate_path, search={key: rec[key]})
+    log.add(rec)
+    say(rec)
+
+
+def thesis_search(probe, candidate, task, cfg, log, key, base_val, done, say):
+    """The thesis's bisection: keep a probe when its reading is within the budget of the base;
+    the kept candidate with the smallest value is chosen (its probe-recovered state)."""
+    lo, hi, best = 0.0, 1.0, None
+    for rec in log.probes:                                    # a resumed run: the bisection so far
+        lo, hi = (lo, rec[key]) if rec["decision"] == "keep" else (rec[key], hi)
+        best = rec if rec["decision"] == "keep" and (best is None or rec["flops"] < best["flops"]) else best
+    while hi - lo > cfg.min_interval + 1e-12:
+        value = (lo + hi) / 2
+        rec = probe(value)
+        ok = rec["val_acc"] + cfg.max_acc_loss >= base_val
+        if ok:
+            hi = value
+            if best is None or rec["flops"] < best["flops"]:
+                cand = candidate(value)
+                _keep(log, rec, cand, key, "keep", say)
+                best = {**rec, "_model": cand, "_fresh": True}
+                continue
+        else:
+            lo = value
+        _keep(log, rec, None, key, "keep" if ok else "reject", say)
+    return best
+
+
+def calibrated_search(probe, candidate, task, cfg, log, key, base_val, done, say):
+    """Bisection on probe readings corrected by a gap measured on the way (issue 12).
+
+    A short probe reads several points below where the same candidate ends after its final
+    fine-tune, so the thesis's rule stops early. Here: bisect with the threshold base - budget - gap
+    (gap 0 at first); fine-tune the most compressed kept candidate for `verify_epochs` and score it
+    (a verification); if it is within budget it is the answer so far, and its gap (verified score
+    minus probe reading) becomes the new correction, so the next bisection, reusing every reading
+    already made, reaches further. It stops when a verification fails the budget, when the gap stops
+    growing, or when one more verification would make the search cost more epochs than the final
+    fine-tune. The answer is the last verified candidate, with its verification fine-tune kept."""
+    verify_epochs = cfg.verify_epochs if cfg.verify_epochs is not None else max(cfg.final_epochs / 4, cfg.probe_epochs)
+    gap, best = 0.0, None
+
+    def spent():
+        return sum(r.get("epochs", cfg.probe_epochs) for r in log.probes)
+
+    while True:
+        threshold = base_val - cfg.max_acc_loss - gap
+        lo, hi = 0.0, 1.0
+        while hi - lo > cfg.min_interval + 1e-12:
+            value = (lo + hi) / 2
+            rec = probe(value)
+            if "decision" not in rec:
+                _keep(log, rec, None, key, "probe", say)
+            lo, hi = (lo, value) if rec["val_acc"] >= threshold else (value, hi)
+        if hi >= 1.0 or (best is not None and hi >= best[key]):
+            break                                              # nothing more compressed to try
+        if best is not None and spent() + verify_epochs > cfg.final_epochs + 1e-9:
+            break                                              # the search may not cost more than the final fine-tune
+        v = done.get(("verify", hi))
+        if v is None:
+            t0 = time.perf_counter()
+            cand = candidate(hi)
+            task.tune(cand, verify_epochs)
+            score = float(task.evaluate(cand))
+            reading = done[("probe", hi)]
+            v = {"probe": len(log.probes) + 1, "kind": "verify", key: hi, "flops": reading["flops"],
+                 "params": reading["params"], "val_acc": score, "probe_val": reading["val_acc"],
+                 "gap": score - reading["val_acc"], "epochs": verify_epochs, "threshold": threshold,
+                 "seconds": time.perf_counter() - t0}
+            done[("verify", hi)] = v
+            _keep(log, v, cand, key, "keep" if score + cfg.max_acc_loss >= base_val else "reject", say)
+            if v["decision"] == "keep":
+                best = {**v, "_model": cand, "_fresh": True}
+        elif v["decision"] == "keep":
+            best = v
+        if v["decision"] != "keep" or v["gap"] <= gap + 1e-9:
+            break
+        gap = v["gap"]
+    return best
 
 
 def task_for(data, cfg, **callables):

@@ -302,7 +302,7 @@ def test_imagefolder_tree_loads_and_caches(tree, tmp_path, monkeypatch):
 
     def boom(*a, **k):
         raise AssertionError("decoded again instead of using the cache")
-    monkeypatch.setattr(sources, "decode_image", boom)
+    monkeypatch.setattr(sources.decode, "decode_image", boom)
     again = load_data(f"imagefolder:{tree}", val_fraction=0.0, cache_dir=str(cache))
     assert torch.equal(again.train_x, d.train_x) and torch.equal(again.test_y, d.test_y)
     monkeypatch.undo()
@@ -421,8 +421,8 @@ def test_tarball_loads_like_the_folder_and_caches(tree, tmp_path, monkeypatch):
     assert torch.equal(d.train_x, folder.train_x) and torch.equal(d.test_x, folder.test_x)
     assert torch.equal(d.train_y, folder.train_y)
 
-    monkeypatch.setattr(sources, "decode_image", lambda *a, **k: (_ for _ in ()).throw(AssertionError("decoded")))
-    monkeypatch.setattr(sources, "_read_archive_bytes", lambda *a, **k: (_ for _ in ()).throw(AssertionError("read")))
+    monkeypatch.setattr(sources.decode, "decode_image", lambda *a, **k: (_ for _ in ()).throw(AssertionError("decoded")))
+    monkeypatch.setattr(sources.archive, "_read_archive_bytes", lambda *a, **k: (_ for _ in ()).throw(AssertionError("read")))
     again = load_data(f"cifar10:{tgz}", val_fraction=0.0, cache_dir=str(cache))
     assert torch.equal(again.train_x, d.train_x)
 
@@ -465,7 +465,7 @@ def test_cifar10_pickle_folder_loads_and_caches(tmp_path, monkeypatch):
     assert np.array_equal(d.train_x[0].numpy().reshape(-1), b1[b"data"][0])
     assert d.train_y[:4].tolist() == b1[b"labels"]
 
-    monkeypatch.setattr(sources, "_unpickle", lambda *a, **k: (_ for _ in ()).throw(AssertionError("unpickled")))
+    monkeypatch.setattr(sources.cifar, "_unpickle", lambda *a, **k: (_ for _ in ()).throw(AssertionError("unpickled")))
     again = load_data(f"cifar10:{tmp_path}", val_fraction=0.0, cache_dir=str(cache))  # parent folder works too
     assert len(again.train_x) == 20
     again2 = load_data(f"cifar10:{root}", val_fraction=0.0, cache_dir=str(cache))
@@ -508,7 +508,9 @@ def test_error_missing_path(tmp_path):
     with pytest.raises(ConvslimError, match="not found"):
         load_data(f"imagefolder:{tmp_path / 'nope'}", cache_dir=False)
     with pytest.raises(ConvslimError, match="needs a path"):
-        load_data("cifar10")
+        load_data("imagefolder")
+    with pytest.raises(ConvslimError, match="needs a path"):
+        load_data("cifar10:")                                   # plain 'cifar10' downloads (see below)
 
 
 def test_error_empty_folder(tmp_path):
@@ -560,3 +562,345 @@ def test_error_bad_resize_and_split(digits):
         load_data("digits", resize=0)
     with pytest.raises(ConvslimError, match="split"):
         digits.loader("holdout")
+
+
+# ------------------------------------------------------------------------------------------------
+# large sets: images read a batch at a time from the cache file (DiskImages)
+# ------------------------------------------------------------------------------------------------
+
+def _disk_images(tmp_path, x, n_train=None):
+    from convslim.data.disk import DiskImages, FileSink
+
+    sink = FileSink(len(x), len(x) if n_train is None else n_train, str(tmp_path / "rows.npy"))
+    for s in range(0, len(x), 3):
+        sink.write(x[s:s + 3].numpy())
+    sink.finish()
+    return DiskImages(str(tmp_path / "rows.npy")), sink
+
+
+def test_disk_images_index_like_a_tensor(tmp_path):
+    import pickle as pkl
+
+    x = torch.randint(0, 256, (11, 3, 4, 5), dtype=torch.uint8)
+    d, sink = _disk_images(tmp_path, x, n_train=7)
+    assert np.array_equal(np.load(tmp_path / "rows.npy"), x.numpy())          # a plain .npy
+    assert sink.hist.sum() == 7 * 3 * 4 * 5 and np.array_equal(sink.hist[1], np.bincount(x[:7, 1].reshape(-1), minlength=256))
+    assert len(d) == 11 and d.shape == x.shape and d.dtype == torch.uint8 and d.dim() == 4 and d.numel() == x.numel()
+    assert torch.equal(d[3], x[3]) and torch.equal(d[-1], x[-1]) and torch.equal(d[torch.tensor(2)], x[2])
+    assert torch.equal(d[2:9:3], x[2:9:3]) and torch.equal(d[:], x)
+    idx = torch.tensor([9, 0, 4, 5, 6, 0])                                  # any order, repeats, runs
+    assert torch.equal(d[idx], x[idx]) and torch.equal(d[idx.numpy()], x[idx]) and torch.equal(d[[1, 2]], x[[1, 2]])
+    mask = torch.arange(11) % 2 == 0
+    assert torch.equal(d[mask], x[mask])
+    view = d.take(torch.tensor([10, 2, 5, 7]))                               # a view: rows of rows
+    assert len(view) == 4 and torch.equal(view[:], x[[10, 2, 5, 7]]) and torch.equal(view.take([3, 0])[:], x[[7, 10]])
+    assert torch.equal(view.materialize(), x[[10, 2, 5, 7]])
+    assert torch.equal(pkl.loads(pkl.dumps(view))[:], view[:])
+    assert torch.equal(d[torch.zeros(0, dtype=torch.long)], x[:0])
+    for bad in (11, -12, [3, 11]):
+        with pytest.raises(IndexError):
+            d[bad]
+    assert not hasattr(d, "to") and not hasattr(d, "contiguous") and not hasattr(d, "__array__")
+
+
+def test_streamed_splits_match_in_memory(tree, tmp_path, monkeypatch):
+    """in_memory=False reads batches from the cache file and gives what in_memory=True gives, without
+    ever holding a whole split (materialize is the only way to, and nothing may call it)."""
+    from convslim.data import DiskImages, channel_stats
+
+    cache = str(tmp_path / "cache")
+    spec = f"imagefolder:{tree}"
+    mem = load_data(spec, val_fraction=0.2, cache_dir=cache, in_memory=True)
+    monkeypatch.setattr(DiskImages, "materialize", lambda self: pytest.fail("a whole split was read"))
+    monkeypatch.setattr(sources.decode, "decode_image", lambda *a, **k: pytest.fail("decoded again"))
+    disk = load_data(spec, val_fraction=0.2, cache_dir=cache, in_memory=False)
+    assert disk.on_disk and not mem.on_disk and disk.input_shape == mem.input_shape == (3, 8, 8)
+    for split in ("train", "val", "test"):
+        (x, y), (mx, my) = disk.tensors(split), mem.tensors(split)
+        assert isinstance(x, DiskImages) and x.shape == mx.shape
+        assert torch.equal(x[torch.arange(len(x))], mx) and torch.equal(y, my)
+    assert disk.mean == mem.mean == channel_stats(mem.train_x)[0] and disk.std == mem.std
+    for kw in ({}, {"shuffle": False, "augment": False}, {"rank": 1, "world_size": 2}, {"limit": 3}):
+        a, b = list(disk.loader("train", 3, seed=1, **kw)), list(mem.loader("train", 3, seed=1, **kw))
+        assert len(a) == len(b) and all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(a, b))
+    assert torch.equal(disk.calibration(5, seed=3), mem.calibration(5, seed=3))
+    assert torch.equal(torch.cat([x for x, _ in disk.loader("test", 4)]), torch.cat([x for x, _ in mem.loader("test", 4)]))
+
+
+def test_on_disk_loader_on_a_device(tree, tmp_path, device):
+    """A device copy of a split on disk is made a block at a time and gives the CPU's batches."""
+    d = load_data(f"imagefolder:{tree}", val_fraction=0.0, cache_dir=str(tmp_path / "c"), in_memory=False)
+    cpu = list(d.loader("train", 4, seed=2))
+    dev = list(d.loader("train", 4, seed=2, device=device))
+    assert all(torch.equal(a[0], b[0].cpu()) and torch.equal(a[1], b[1].cpu()) for a, b in zip(cpu, dev))
+    assert dev[0][0].device.type == device
+
+
+def test_in_memory_decided_by_size(tree, tmp_path, monkeypatch):
+    cache = str(tmp_path / "cache")
+    spec = f"imagefolder:{tree}"
+    assert not load_data(spec, cache_dir=cache).on_disk                  # 15 tiny images: in memory
+    monkeypatch.setenv("CONVSLIM_IN_MEMORY_MAX", "100")                   # bytes: a larger set streams
+    assert load_data(spec, cache_dir=cache).on_disk
+    monkeypatch.setenv("CONVSLIM_IN_MEMORY_MAX", "1.5M")
+    assert not load_data(spec, cache_dir=cache).on_disk
+    assert not load_data(spec, cache_dir=False, in_memory=False).on_disk  # no cache: nothing to read from
+    monkeypatch.setenv("CONVSLIM_IN_MEMORY_MAX", "lots")
+    with pytest.raises(ConvslimError, match="CONVSLIM_IN_MEMORY_MAX"):
+        load_data(spec, cache_dir=cache)
+
+
+def test_damaged_image_file_of_the_cache_is_rebuilt(tree, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    spec = f"imagefolder:{tree}"
+    good = load_data(spec, val_fraction=0.0, cache_dir=str(cache), in_memory=True)   # not read from the file
+    npy = _cache_file(cache).with_suffix(".npy")
+    assert capsys.readouterr().err == ""
+
+    def reload(why, in_memory):
+        d = load_data(spec, val_fraction=0.0, cache_dir=str(cache), in_memory=in_memory)
+        _one_note(capsys.readouterr().err, why)
+        assert torch.equal(d.train_x[:], good.train_x[:]) and torch.equal(d.test_x[:], good.test_x[:])
+        load_data(spec, val_fraction=0.0, cache_dir=str(cache))
+        assert capsys.readouterr().err == ""
+
+    data = bytearray(npy.read_bytes())
+    data[-7] ^= 0xFF                                                      # one pixel
+    npy.write_bytes(bytes(data))
+    reload("checksum", False)
+    data = bytearray(npy.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    npy.write_bytes(bytes(data))
+    reload("checksum", True)
+    npy.write_bytes(npy.read_bytes()[:-10])
+    reload("truncated", False)
+    npy.unlink()
+    reload("missing", True)
+    assert not list(cache.glob(".tmp-*"))
+
+
+def test_a_cache_that_cannot_be_written_costs_speed_not_correctness(tree, tmp_path, monkeypatch, capsys):
+    from convslim.data import disk
+
+    def full(self, block):
+        raise disk.SinkError(28, "No space left on device")
+    monkeypatch.setattr(disk.FileSink, "_put", full)
+    cache = tmp_path / "cache"
+    d = load_data(f"imagefolder:{tree}", val_fraction=0.0, cache_dir=str(cache))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "could not write data cache" in err[0] and "No space" in err[0]
+    assert len(d.train_x) == 10 and not d.on_disk and list(cache.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------------
+# --mean / --std
+# ------------------------------------------------------------------------------------------------
+
+def test_given_normalization_is_used(digits):
+    d = load_data("digits", mean=[0.25], std=(0.5,))
+    assert d.mean == (0.25,) and d.std == (0.5,)
+    assert torch.equal(d.train_x, digits.train_x)
+    x, _ = next(iter(d.loader("val", 16)))
+    assert torch.allclose(x, (d.val_x[:16].float() / 255 - 0.25) / 0.5, atol=1e-6)
+    only_std = load_data("digits", std="0.2")
+    assert only_std.mean == digits.mean and only_std.std == (0.2,)
+    assert digits.with_normalization(mean=[0.1]).mean == (0.1,) and digits.with_normalization(mean=[0.1]).std == digits.std
+
+
+@pytest.mark.parametrize("mean,std,message", [
+    ([0.1, 0.2], None, "mean has 2 values but the images have 1 channel"),
+    (None, [0.1, 0.2, 0.3], "std has 3 values"),
+    (None, [0.0], "std must be positive"),
+    (None, [-1], "std must be positive"),
+    ([120.0], None, "0..255"),
+    (["x"], None, "numbers"),
+    ([float("nan")], None, "finite"),
+])
+def test_bad_normalization_is_one_line(mean, std, message):
+    with pytest.raises(ConvslimError, match=message) as e:
+        load_data("digits", mean=mean, std=std)
+    assert "\n" not in str(e.value)
+
+
+def test_cli_mean_std(tmp_path, capsys):
+    from convslim.cli import main
+
+    out = tmp_path / "m.pt"
+    assert main(["train", "--model", "digitsnet", "--data", "digits", "--epochs", "0", "--quiet",
+                 "--mean", "0.3", "--std", "0.4", "--out", str(out)]) == 0
+    from convslim.binding import data_for
+    from convslim.checkpoint import load
+    model = load(str(out))
+    assert data_for(model, "digits").mean == (0.3,)                    # recorded with the model
+    capsys.readouterr()
+    assert main(["eval", "--model", str(out), "--mean", "0.5", "--std", "0.5"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--model", str(out), "--data", "digits", "--std", "0,1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "std has 2 values" in err[0], err
+
+
+# ------------------------------------------------------------------------------------------------
+# cifar10 / cifar100 without a path: the official archive, downloaded and checked
+# ------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def http_folder(tmp_path):
+    """A folder served over HTTP on 127.0.0.1 (a free port) by a thread that stops by itself."""
+    import functools
+    import http.server
+    import threading
+    import time
+
+    www = tmp_path / "www"
+    www.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(www)))
+    server.timeout = 0.1
+    stop, deadline = threading.Event(), time.monotonic() + 60
+
+    def serve():
+        while not stop.is_set() and time.monotonic() < deadline:
+            server.handle_request()
+        server.server_close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield www, f"http://127.0.0.1:{server.server_address[1]}/files"
+    finally:
+        stop.set()
+        thread.join(5)
+
+
+def test_cifar10_is_downloaded_checked_and_loaded(tmp_path, http_folder, monkeypatch, capsys):
+    import hashlib
+
+    from convslim.cli import main
+    from convslim.data.sources import download
+
+    www, url = http_folder
+    (www / "files").mkdir()
+    root = _fake_cifar10(tmp_path / "src" / "cifar-10-batches-py")
+    archive = _tar(root, www / "files" / "cifar-10-python.tar.gz").read_bytes()
+    monkeypatch.setenv("CONVSLIM_DATA_URL", url)
+    monkeypatch.setitem(download.MD5, "cifar-10-python.tar.gz", hashlib.md5(archive).hexdigest())
+    cache = tmp_path / "cache"
+
+    d = load_data("cifar10", val_fraction=0.0, cache_dir=str(cache))
+    assert d.classes == sources.CIFAR10_CLASSES and len(d.train_x) == 20 and len(d.test_x) == 4
+    folder = load_data(f"cifar10:{root}", val_fraction=0.0, cache_dir=False)
+    assert torch.equal(d.train_x, folder.train_x) and torch.equal(d.test_y, folder.test_y)
+    assert (cache / "cifar-10-python.tar.gz").read_bytes() == archive and not list(cache.glob(".tmp-*"))
+    assert capsys.readouterr().err == ""
+    (www / "files" / "cifar-10-python.tar.gz").unlink()                   # the archive there is reused
+    assert torch.equal(load_data("cifar10", val_fraction=0.0, cache_dir=str(cache)).train_x, d.train_x)
+
+    damaged = bytearray(archive)
+    damaged[len(damaged) // 2] ^= 0xFF
+    (www / "files" / "cifar-10-python.tar.gz").write_bytes(bytes(damaged))
+    other = tmp_path / "other"
+    with pytest.raises(ConvslimError, match="MD5") as e:
+        load_data("cifar10", cache_dir=str(other))
+    assert "\n" not in str(e.value) and "nothing was kept" in str(e.value)
+    assert list(other.iterdir()) == []                                    # no archive, no temporary file
+
+    monkeypatch.setenv("CONVSLIM_CACHE", str(other))                      # the command line: one line
+    assert main(["train", "--model", "digitsnet", "--data", "cifar10", "--epochs", "0", "--quiet",
+                 "--out", str(tmp_path / "o.pt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "MD5" in err[0] and list(other.iterdir()) == [] and not (tmp_path / "o.pt").exists()
+
+    monkeypatch.setenv("CONVSLIM_DATA_URL", url + "/nowhere")
+    with pytest.raises(ConvslimError, match="cannot download .*404") as e:
+        load_data("cifar10", cache_dir=str(other))
+    assert "\n" not in str(e.value) and list(other.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------------
+# --data file.py:factory
+# ------------------------------------------------------------------------------------------------
+
+FACTORY = '''
+import numpy as np
+import torch
+from sklearn.datasets import load_digits
+
+def _digits():
+    d = load_digits()
+    return np.round(d.images * (255 / 16)).astype(np.uint8)[:, None], d.target
+
+def make(seed=0):
+    x, y = _digits()
+    return {"train": (x[:1200], y[:1200]), "test": (x[1200:], y[1200:]), "classes": [f"d{i}" for i in range(10)]}
+
+def datasets():
+    x, y = _digits()
+    f = torch.from_numpy(x).float() / 255
+    ds = torch.utils.data.TensorDataset
+    return ds(f[:1000], torch.from_numpy(y[:1000])), ds(f[1000:1200], torch.from_numpy(y[1000:1200])), \\
+        torch.utils.data.DataLoader(ds(f[1200:], torch.from_numpy(y[1200:])), batch_size=7)
+
+def normalised():
+    x, y = _digits()
+    return (torch.from_numpy(x).float() - 0.5, y), (torch.from_numpy(x).float(), y)
+
+def broken():
+    return 42
+'''
+
+
+@pytest.fixture
+def factory_file(tmp_path):
+    path = tmp_path / "mydata.py"
+    path.write_text(FACTORY)
+    return path
+
+
+def test_factory_data(factory_file, digits):
+    d = load_data(f"{factory_file}:make", seed=1)
+    assert isinstance(d, Splits) and d.classes == [f"d{i}" for i in range(10)] and d.input_shape == (1, 8, 8)
+    assert len(d.train_x) + len(d.val_x) == 1200 and len(d.val_x) == pytest.approx(120, abs=5)
+    assert len(d.test_x) == 597 and d.augment and d.source == f"{factory_file}:make"
+    assert d.mean == pytest.approx((d.train_x.float().div(255).mean().item(),), abs=1e-6)
+    t = load_data(f"{factory_file}:datasets", mean=[0.5], std=[0.5])
+    assert len(t.train_x) == 1000 and len(t.val_x) == 200 and len(t.test_x) == 597
+    assert t.classes == [str(i) for i in range(10)] and t.mean == (0.5,)
+    x, _ = _digits_uint8()
+    assert torch.equal(t.train_x, torch.from_numpy(x[:1000])) and torch.equal(t.test_x, torch.from_numpy(x[1200:]))
+    for name, message in (("broken", "returned int"), ("nothing", "no callable"), ("normalised", "--mean/--std")):
+        with pytest.raises(ConvslimError, match=message) as e:
+            load_data(f"{factory_file}:{name}")
+        assert "\n" not in str(e.value)
+    with pytest.raises(ConvslimError, match="not found"):
+        load_data(f"{factory_file.parent / 'none.py'}:make")
+
+
+def _digits_uint8():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return np.round(d.images * (255 / 16)).astype(np.uint8)[:, None], d.target
+
+
+def test_factory_data_on_the_command_line(factory_file, tmp_path, capsys):
+    from convslim.cli import main
+
+    spec = f"{factory_file}:make"
+    model = tmp_path / "m.pt"
+    assert main(["train", "--model", "digitsnet", "--data", spec, "--epochs", "1", "--lr", "0.05", "--quiet",
+                 "--out", str(model)]) == 0
+    assert main(["eval", "--model", str(model)]) == 0                      # the data the model records
+    assert "top-1" in capsys.readouterr().out
+    assert main(["prune", "--model", str(model), "--data", spec, "--ratio", "0.3", "--out",
+                 str(tmp_path / "p.pt")]) == 0
+    assert main(["auto", "--model", str(model), "--data", spec, "--min-interval", "0.5", "--probe-epochs", "0",
+                 "--final-epochs", "0", "--max-acc-loss", "50", "--out", str(tmp_path / "a.pt")]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--model", str(model), "--data", f"{factory_file}:broken"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "returned int" in err[0]

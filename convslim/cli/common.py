@@ -82,12 +82,23 @@ def add_model_args(p, required=True):
 
 
 def add_data_args(p, required=False, default=None):
+    def per_channel(text):
+        try:
+            return [float(t) for t in text.replace(",", " ").split()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated numbers, one per channel, got {text!r}")
+
     p.add_argument("--data", required=required, default=default,
-                   help="digits | cifar10:PATH | cifar100:PATH | imagefolder:PATH")
+                   help="digits | cifar10[:PATH] | cifar100[:PATH] (no PATH: download) | imagefolder:PATH | "
+                        "file.py:factory (your own data)")
     p.add_argument("--val-fraction", type=float_range(0, 1, hi_open=True), default=0.1,
                    help="share of train held out for validation")
     p.add_argument("--resize", type=int_range(8), help="resize imagefolder images to this square size")
     p.add_argument("--seed", type=int_range(0), default=0, help="seed for the split, shuffling and init")
+    p.add_argument("--mean", type=per_channel, metavar="M1,M2,M3",
+                   help="normalisation mean per channel, in [0, 1] units (what your weights were trained with; "
+                        "default: the training images' own, or what a saved model records)")
+    p.add_argument("--std", type=per_channel, metavar="S1,S2,S3", help="normalisation std per channel, as --mean")
 
 
 def is_saved(spec):
@@ -127,10 +138,13 @@ def open_data(args, model=None):
     from ..data import load_data
     from ..binding import data_for
 
+    norm = {"mean": getattr(args, "mean", None), "std": getattr(args, "std", None)}
     if model is not None:
         splits = data_for(model, args.data, val_fraction=args.val_fraction, seed=args.seed, resize=args.resize)
+        if norm["mean"] is not None or norm["std"] is not None:    # given: wins over what the model records
+            splits = splits.with_normalization(**norm)
     else:
-        splits = load_data(args.data, val_fraction=args.val_fraction, seed=args.seed, resize=args.resize)
+        splits = load_data(args.data, val_fraction=args.val_fraction, seed=args.seed, resize=args.resize, **norm)
     if splits.num_classes < 2:
         raise ConvslimError(f"data {args.data} has {splits.num_classes} class; a classifier needs at least 2")
     return splits

@@ -1,7 +1,8 @@
-"""In-memory batching: uint8 tensors -> (normalized float32, int64) batches, with tensor ops only.
+"""Batching: uint8 images -> (normalized float32, int64) batches, with tensor ops only.
 
-The whole split stays a uint8 tensor. A batch is one index gather, one transfer (none when the
-split already lives on the device), one batch-wide crop/flip, and one fused scale-and-shift.
+The split stays uint8: a tensor, or `DiskImages` (a large set, read from the decode cache a batch
+at a time). A batch is one index gather (one read of those rows from disk), one transfer (none when
+the split already lives on the device), one batch-wide crop/flip, and one fused scale-and-shift.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import math
 import torch
 
 from convslim.data.augment import default_pad, random_crop_flip
+from convslim.data.disk import to_device
 from convslim.errors import ConvslimError
 
 # A split at most this large is moved to an accelerator once and gathered there (no per-batch copy).
@@ -43,7 +45,7 @@ def shard_indices(order: torch.Tensor, rank: int, world_size: int, even: bool = 
 
 
 class BatchLoader:
-    """Iterate over (x, y) batches of an in-memory uint8 split.
+    """Iterate over (x, y) batches of a uint8 split (a tensor, or DiskImages read a batch at a time).
 
     x: float32 normalized (B, C, H, W) on ``device`` (channels_last if asked); y: int64 (B,).
     ``len()`` is the number of batches this rank yields per epoch. Call ``set_epoch(e)`` before each
@@ -93,10 +95,11 @@ class BatchLoader:
         else:
             self.num_samples = len(range(self.rank, self.num_images, self.world_size))
 
-        # keep the data where gathering is cheapest: on the accelerator when it fits
+        # keep the data where gathering is cheapest: on the accelerator when it fits (copied a block at
+        # a time from disk); never a whole host copy of a split
         resident = (self.device.type != "cpu" and x.numel() <= DEVICE_RESIDENT_MAX_BYTES)
         if x.device != self.device and resident:
-            x, y = x.to(self.device), y.to(self.device)
+            x, y = to_device(x, self.device), y.to(self.device)
         self.x, self.y = x, y
         self._pin = self.device.type == "cuda" and x.device.type == "cpu"
         self._scale = None
