@@ -182,28 +182,36 @@ def budget_search(model, task, cfg, make, *, key, header, teacher=None, log_path
         echo("no probe stayed within the accuracy budget: nothing is pruned, nothing is fine-tuned; "
              "the model is returned as it came (try a larger --max-acc-loss or longer --probe-epochs)")
         best = copy.deepcopy(model)
+    search_epochs = sum(r.get("epochs", cfg.probe_epochs) for r in log.probes)
+    summary = finish(model, best, task, cfg, base_counts, tune=chosen is not None, teacher=teacher,
+                     base_val=base_val, search=cfg.search,
+                     probes=sum(r.get("kind", "probe") == "probe" for r in log.probes),
+                     verifications=sum(r.get("kind") == "verify" for r in log.probes),
+                     search_seconds=sum(r["seconds"] for r in log.probes), search_epochs=search_epochs,
+                     **{f"chosen_{key}": chosen[key] if chosen else 1.0}, max_acc_loss=cfg.max_acc_loss,
+                     log=log.probes)
+    summary["seconds_this_run"] = time.perf_counter() - t_start
+    return best, summary, chosen
+
+
+def finish(model, best, task, cfg, base_counts, *, tune, teacher=None, base_val=None, **fields):
+    """The chosen model's final fine-tune (distilling from `teacher`, or from the original when
+    cfg.distill) and the figures every automatic result reports: scores before and after, test
+    figures when the task has them, FLOPs and params and their reductions, epochs and seconds."""
     t_final = time.perf_counter()
     teacher = teacher if teacher is not None else (copy.deepcopy(model) if cfg.distill else None)
-    if chosen is not None:
+    if tune:
         task.tune(best, cfg.final_epochs, teacher)
-    best = best.eval()
-    search_epochs = sum(r.get("epochs", cfg.probe_epochs) for r in log.probes)
-    summary = {
-        "metric": task.metric, "search": cfg.search, "base_val_acc": base_val,
-        "final_val_acc": float(task.evaluate(best)),
-        "probes": sum(r.get("kind", "probe") == "probe" for r in log.probes),
-        "verifications": sum(r.get("kind") == "verify" for r in log.probes),
-        "search_seconds": sum(r["seconds"] for r in log.probes),
-        "final_seconds": time.perf_counter() - t_final, "seconds_this_run": time.perf_counter() - t_start,
-        "search_epochs": search_epochs, "final_epochs": cfg.final_epochs if chosen is not None else 0,
-        "epochs": search_epochs + (cfg.final_epochs if chosen is not None else 0),
-        "pruned": chosen is not None,
-        f"chosen_{key}": chosen[key] if chosen else 1.0, "max_acc_loss": cfg.max_acc_loss, "log": log.probes,
-    }
+    best.eval()
+    base_val = float(task.evaluate(model)) if base_val is None else base_val
+    summary = {"metric": task.metric, "base_val_acc": base_val, "final_val_acc": float(task.evaluate(best)),
+               "final_seconds": time.perf_counter() - t_final, "final_epochs": cfg.final_epochs if tune else 0,
+               "pruned": tune, **fields}
+    summary["epochs"] = summary.get("search_epochs", 0) + summary["final_epochs"]
     if task.test is not None:
         summary.update(base_test_acc=float(task.test(model)), test_acc=float(task.test(best)))
     summary.update(flops_params(base_counts, count(best, example_input(best))))
-    return best, summary, chosen
+    return summary
 
 
 def _keep(log, rec, cand, key, decision, say):
@@ -247,7 +255,8 @@ def calibrated_search(probe, candidate, task, cfg, log, key, base_val, done, say
     (gap 0 at first); fine-tune the most compressed kept candidate for `verify_epochs` and score it
     (a verification); if it is within budget it is the answer so far, and its gap (verified score
     minus probe reading) becomes the new correction, so the next bisection, reusing every reading
-    already made, reaches further. It stops when a verification fails the budget, when the gap stops
+    already made, reaches further (when no reading passes at first, the mildest candidate read is
+    verified, to learn the gap). It stops when a verification fails the budget, when the gap stops
     growing, or when one more verification would make the search cost more epochs than the final
     fine-tune. The answer is the last verified candidate, with its verification fine-tune kept."""
     verify_epochs = cfg.verify_epochs if cfg.verify_epochs is not None else max(cfg.final_epochs / 4, cfg.probe_epochs)
@@ -263,9 +272,11 @@ def calibrated_search(probe, candidate, task, cfg, log, key, base_val, done, say
             value = (lo + hi) / 2
             rec = probe(value)
             if "decision" not in rec:
-                _keep(log, rec, None, key, "probe", say)
+                _keep(log, rec, None, key, "read", say)
             lo, hi = (lo, value) if rec["val_acc"] >= threshold else (value, hi)
-        if hi >= 1.0 or (best is not None and hi >= best[key]):
+        if hi >= 1.0:       # nothing kept yet: learn the gap at the mildest candidate read so far
+            hi = max(v for kind, v in done if kind == "probe")
+        if best is not None and hi >= best[key]:
             break                                              # nothing more compressed to try
         if best is not None and spent() + verify_epochs > cfg.final_epochs + 1e-9:
             break                                              # the search may not cost more than the final fine-tune

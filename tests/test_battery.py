@@ -134,6 +134,13 @@ CASES = [
     _case("auto", "--model", M, *D, "--probe-epochs", "-1", "--out", "o.pt", msg="--probe-epochs"),
     _case("auto", "--model", M, *D, "--out", "o.pt", "--log", "{w}/notjson.json", msg="not a search log"),
     _case("auto", "--model", M, *D, "--out", M, msg="also an input"),
+    _case("auto", "--model", M, *D, "--target-flops", "0", "--out", "o.pt", msg="--target-flops"),
+    _case("auto", "--model", M, *D, "--target-flops", "lots", "--out", "o.pt", msg="--target-flops"),
+    _case("auto", "--model", M, *D, "--target-flops", "0.5", "--target-params", "0.5", "--out", "o.pt",
+          msg="not allowed with"),
+    _case("auto", "--model", M, *D, "--target-flops", "10", "--out", "o.pt", msg="no pruned model"),
+    _case("auto", "--model", M, *D, "--search", "bogus", "--out", "o.pt", msg="--search"),
+    _case("auto", "--model", M, *D, "--verify-epochs", "0", "--out", "o.pt", msg="--verify-epochs"),
     # report
     _case("report", "--model", M, *D, "--out", "{w}/junk.pt", msg="not a folder"),
     _case("report", "--model", M, *D, "--summary", "{w}/notjson.json", "--out", "rep", msg="not JSON"),

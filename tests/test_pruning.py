@@ -226,3 +226,38 @@ def test_untraceable_model_is_one_line(tmp_path, capsys):
     assert code == 2 and "cannot trace" in err[-1]
     assert len(err) == 2 and "random weights" in err[0]     # the untrained factory model is named too
     assert not (tmp_path / "o.pt").exists()
+
+
+def test_target_flops_gives_the_least_pruned_model_under_it(digits, tmp_path, capsys):
+    model = copy.deepcopy(trained_model(digits))
+    cfg = convslim.SearchConfig(final_epochs=0.2, batch_size=64, device="cpu")
+    best, summary = convslim.auto_prune(model, digits, cfg, target=("flops", 0.5), progress=False)
+    assert summary["flops"] <= 0.5 * summary["base_flops"] and summary["pruned"]
+    from convslim.pruning.auto import cr_for_target
+    imp = convslim.channel_importance(model, digits)
+    cr = cr_for_target(model, imp, "flops", 0.5 * summary["base_flops"])
+    more, _ = convslim.apply_rule(model, imp, "cr", min(1.0, cr + 2 ** -10))
+    assert convslim.count(more, torch.randn(1, 1, 8, 8))["flops"] > 0.5 * summary["base_flops"]   # the least pruning
+    out, base = tmp_path / "t.pt", tmp_path / "base.pt"
+    convslim.save(model, base)
+    assert main(["auto", "--model", str(base), "--data", "digits", "--target-params", "0.6",
+                 "--final-epochs", "0.2", "--out", str(out)]) == 0
+    assert "pruning to at most 0.6 of the original params" in capsys.readouterr().out and out.exists()
+
+
+def test_calibrated_search_verifies_and_stays_within_the_epoch_budget(digits, tmp_path):
+    model = copy.deepcopy(trained_model(digits))
+    cfg = convslim.SearchConfig(max_acc_loss=2.0, min_interval=0.125, probe_epochs=0.25, final_epochs=2,
+                                batch_size=64, device="cpu", search="calibrated", verify_epochs=0.5)
+    log = tmp_path / "cal.json"
+    best, summary = convslim.auto_prune(model, digits, cfg, log_path=log, progress=False)
+    records = json.loads(log.read_text())["probes"]
+    verified = [r for r in records if r["kind"] == "verify"]
+    assert verified and summary["verifications"] == len(verified)
+    kept = [r for r in verified if r["decision"] == "keep"]
+    if kept:
+        assert summary["chosen_cr"] == min(r["cr"] for r in kept)
+        assert all(r["val_acc"] + 2.0 >= summary["base_val_acc"] for r in kept)
+    assert summary["search_epochs"] <= cfg.final_epochs or len(verified) == 1
+    again, summary2 = convslim.auto_prune(model, digits, cfg, log_path=log, progress=False)   # resumes: no new work
+    assert summary2["chosen_cr"] == summary["chosen_cr"] and len(json.loads(log.read_text())["probes"]) == len(records)

@@ -1,8 +1,9 @@
 """`convslim prune`, `convslim auto` and `convslim report`."""
+import argparse
 import json
 from pathlib import Path
 
-from ..budget import SearchConfig
+from ..budget import SEARCHES, SearchConfig
 from ..checkpoint import save
 from ..errors import ConvslimError
 from ..pruning.criteria import CRITERIA, PermutationOptions
@@ -107,16 +108,23 @@ def cmd_auto(args):
     cfg = SearchConfig(max_acc_loss=args.max_acc_loss, min_interval=args.min_interval,
                        probe_epochs=args.probe_epochs, final_epochs=args.final_epochs, lr=args.lr,
                        batch_size=args.batch_size, distill=args.distill, multiple=args.multiple,
-                       seed=args.seed, device=args.device).check()
+                       seed=args.seed, device=args.device, search=args.search,
+                       verify_epochs=args.verify_epochs).check()
     out, log = Path(args.out), args.log
+    target = (("flops", args.target_flops) if args.target_flops is not None else
+              ("params", args.target_params) if args.target_params is not None else None)
     teacher = open_teacher(args)
     model, splits = open_model_and_data(args)
-    print(f"searching cr in [0, 1] to within {cfg.min_interval} ({cfg.probes} probes), "
-          f"budget {cfg.max_acc_loss} points on the validation split; log {log}")
+    if target:
+        print(f"pruning to at most {target[1]:g}{' of the original' if target[1] <= 1 else ''} {target[0]}, "
+              f"then {cfg.final_epochs:g} epochs of fine-tuning")
+    else:
+        print(f"searching cr in [0, 1] to within {cfg.min_interval} ({cfg.search} search), "
+              f"budget {cfg.max_acc_loss} points on the validation split; log {log}")
     imp = channel_importance(model, splits, criterion=args.criterion, calib_batches=args.calib_batches,
                              options=options_from(args), seed=args.seed, ignored_layers=args.ignore)
     try:
-        best, summary = auto_prune(model, splits, cfg, importance=imp, teacher=teacher, log_path=log,
+        best, summary = auto_prune(model, splits, cfg, importance=imp, teacher=teacher, log_path=log, target=target,
                                    settings=settings(args),
                                    model_id=str(Path(args.model).resolve()) if args.model.endswith(".pt") else args.model)
     except KeyboardInterrupt:
@@ -124,9 +132,25 @@ def cmd_auto(args):
     save(best, out, inputs=[args.model, args.weights], search={k: summary[k] for k in
          ("chosen_cr", "flops_reduction", "params_reduction", "test_acc", "base_test_acc")})
     print_result(summary)
-    print(f"search cost: {summary['probes']} probes, {summary['epochs']:g} epochs, "
-          f"{summary['search_seconds']:.0f}s searching + {summary['final_seconds']:.0f}s final fine-tune")
-    finish(args, out, summary, model, splits, imp, with_search=True)
+    if target:
+        print(f"cost: {summary['epochs']:g} epochs of fine-tuning, {summary['final_seconds']:.0f}s")
+    else:
+        print(f"search cost: {summary['probes']} probes, {summary['verifications']} verifications, "
+              f"{summary['search_epochs']:g} epochs searching + {summary['final_epochs']:g} final; "
+              f"{summary['search_seconds']:.0f}s searching + {summary['final_seconds']:.0f}s final fine-tune")
+    finish(args, out, summary, model, splits, imp, with_search=not target)
+
+
+def count_value(text):
+    """A FLOPs or params target: a share of the original (0.5) or a count (20M, 1.5G, 300000)."""
+    scale = {"K": 1e3, "M": 1e6, "G": 1e9}.get(text[-1:].upper(), 1)
+    try:
+        value = float(text[:-1] if scale != 1 else text) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a share such as 0.5 or a count such as 20M, got {text!r}")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+    return value
 
 
 def cmd_report(args):
@@ -175,6 +199,15 @@ def register(sub):
     p.add_argument("--distill", action="store_true", help="final fine-tune distils from the original model")
     p.add_argument("--teacher", help="saved model to distil from in the final fine-tune (implies distillation)")
     p.add_argument("--log", help="search log (default OUT.search.json); an existing one is resumed")
+    p.add_argument("--search", choices=SEARCHES, default=SearchConfig.search,
+                   help="thesis: bisection on probe readings; calibrated: readings corrected by a gap measured "
+                        "with verification fine-tunes (see README)")
+    goal = p.add_mutually_exclusive_group()
+    goal.add_argument("--target-flops", type=count_value, help="dual mode: the least pruned model with at most "
+                      "this many FLOPs (a share such as 0.5, or a count such as 20M); no accuracy budget")
+    goal.add_argument("--target-params", type=count_value, help="dual mode, on parameters")
+    p.add_argument("--verify-epochs", type=positive, help="calibrated: fine-tune per verification "
+                                                          "(default final-epochs / 4)")
     add_importance_args(p)
     add_output_args(p)
     p.set_defaults(func=cmd_auto)
