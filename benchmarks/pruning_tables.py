@@ -16,7 +16,6 @@ Run from benchmarks/ (the model paths below are relative to it):
 import argparse
 import copy
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from convslim.binding import data_for
 from convslim.budget import SearchConfig, flops_params, recover, task_for
 from convslim.checkpoint import example_input, record_of
 from convslim.fileio import write_text_atomic
-from convslim.metrics import count, latency
+from convslim.metrics import alternating, count, latency
 from convslim.pruning.criteria import PermutationOptions
 from convslim.pruning.prune import apply_rule, channel_importance
 from convslim.train import TrainConfig, evaluate, fit
@@ -225,11 +224,7 @@ def cmd_auto(args):
 def interleaved_latency(models, shape, repeats, rounds):
     """Each model's latency as the median over `rounds` alternating rounds, so a slow spell on a
     shared CPU hits base and pruned alike."""
-    runs = [[] for _ in models]
-    for _ in range(rounds):
-        for i, m in enumerate(models):
-            runs[i].append(latency(m, shape, repeats=repeats))
-    return [{k: statistics.median(r[k] for r in rs) for k in rs[0]} for rs in runs]
+    return alternating([lambda m=m: latency(m, shape, repeats=repeats) for m in models], rounds)
 
 
 def cmd_speed(args):

@@ -8,6 +8,7 @@ convslim.checkpoint when it is imported; importing them here fills those registr
 # The families that register edit replayers or save steps with convslim.checkpoint when imported;
 # a new family that records edits is added here, so that `convslim.load` rebuilds what it made.
 from . import convert, decomposition, quantization  # noqa: F401
+from .architecture import select_output
 from .budget import SearchConfig
 from .checkpoint import load, save
 from .data import load_data
@@ -27,4 +28,4 @@ from .train import TrainConfig, evaluate, fit, recalibrate_bn
 __all__ = ["ConvslimError", "PermutationOptions", "SearchConfig", "Task", "TrainConfig", "apply_rule",
            "auto_decompose", "auto_prune",
            "build_model", "channel_importance", "count", "evaluate", "export_onnx", "fit", "load", "load_data",
-           "profile", "prune", "ptq", "recalibrate_bn", "save", "sparsify", "trainer"]
+           "profile", "prune", "ptq", "recalibrate_bn", "save", "select_output", "sparsify", "trainer"]

@@ -118,5 +118,5 @@ def check_output(model, input_shape):
     if not isinstance(out, torch.Tensor):
         keys = list(out.keys()) if isinstance(out, dict) else list(range(len(out))) if isinstance(out, (tuple, list)) else []
         raise ConvslimError(f"the model's forward returns a {type(out).__name__}, not a tensor; choose the "
-                            f"logits with --output KEY (one of {keys[:6]}; in Python: output=KEY)")
+                            f"logits with --output KEY (one of {keys[:6]}; in Python: convslim.select_output(model, KEY))")
     return out

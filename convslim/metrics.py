@@ -113,6 +113,18 @@ def latency(model, input_shape, *, batches=(1, 64), warmup=5, repeats=20, onnx=T
     return out
 
 
+def alternating(timers, rounds=3):
+    """Each timer's median over `rounds` rounds that alternate between them, so a slow spell on a
+    shared CPU slows all alike; a timer returns ms, or a dict of ms (medians taken per key)."""
+    runs = [[] for _ in timers]
+    for _ in range(rounds):
+        for i, timer in enumerate(timers):
+            runs[i].append(timer())
+    if isinstance(runs[0][0], dict):
+        return [{k: statistics.median(r[k] for r in rs) for k in rs[0]} for rs in runs]
+    return [statistics.median(rs) for rs in runs]
+
+
 def profile(model, input_shape, *, latency_batches=(1, 64), repeats=20, onnx=True):
     """Everything `convslim profile` prints: per-layer rows, totals, size, latency."""
     example = torch.randn(1, *input_shape, device=device_of(model))

@@ -140,3 +140,22 @@ def test_a_plain_module_takes_its_input_size_from_the_example():
     assert convslim.count(model, example_input(model))["flops"] == flops
     slim, kept = convslim.apply_rule(model, imp, "ratio", 0.5)
     assert slim[0].out_channels == 4 and slim[-1].out_features == 4
+
+
+def test_a_plain_module_with_a_tuple_output_is_named_then_selected(digits):
+    class Pair(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            self.head = nn.Linear(8, 10)
+
+        def forward(self, x):
+            f = self.body(x)
+            return {"logits": self.head(f), "features": f}
+
+    with pytest.raises(convslim.ConvslimError, match="select_output"):
+        convslim.prune(Pair(), digits, ratio=0.5, criterion="l1")
+    model = convslim.select_output(Pair(), "logits")
+    slim, _ = convslim.prune(model, digits, ratio=0.5, criterion="l1")
+    assert slim(torch.zeros(2, 1, 8, 8)).shape == (2, 10) and slim.body[0].out_channels == 4

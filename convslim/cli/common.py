@@ -105,31 +105,33 @@ def is_saved(spec):
     return spec.endswith(".pt")
 
 
-def open_model(args, splits=None):
-    """The model named by --model; a new one takes its shape from the data when there is data.
-    Its initial weights are drawn after the seed is set, so the same seed gives the same model."""
+def open_model(args, splits=None, *, spec=None):
+    """The model named by --model (or `spec`, e.g. distill's --teacher and --student); a new one takes
+    its shape from the data when there is data. Its initial weights are drawn after the seed is set,
+    so the same seed gives the same model."""
     import torch
 
     from ..modelspec import resolve
 
-    if is_saved(args.model) and args.weights:
+    spec = spec or args.model
+    weights = getattr(args, "weights", None) if spec == getattr(args, "model", None) else None
+    if is_saved(spec) and weights:
         raise ConvslimError("--weights applies to a zoo or factory model, not to a saved .pt")
-    if args.model.endswith(".csz"):
-        raise ConvslimError(f"{args.model} is a coded (.csz) model; decode it first: "
-                            f"convslim decompress --model {args.model} --out model.pt")
+    if spec.endswith(".csz"):
+        raise ConvslimError(f"{spec} is a coded (.csz) model; decode it first: "
+                            f"convslim decompress --model {spec} --out model.pt")
     if splits is not None:
         shape = list(splits.input_shape)
-        classes = args.num_classes or splits.num_classes
+        classes = getattr(args, "num_classes", None) or splits.num_classes
     else:
-        size = args.input_size or 32
-        shape = [args.in_channels or 3, size, size]
-        classes = args.num_classes or 10
+        size = getattr(args, "input_size", None) or 32
+        shape = [getattr(args, "in_channels", None) or 3, size, size]
+        classes = getattr(args, "num_classes", None) or 10
     torch.manual_seed(getattr(args, "seed", 0))
-    model = resolve(args.model, num_classes=classes, in_channels=shape[0], width=args.width,
-                    input_shape=shape, weights=args.weights, output=getattr(args, "output", None))
-    if not is_saved(args.model) and not args.weights and args.command not in ("train", "profile", "compare",
-                                                                              "distill"):
-        print(f"convslim: warning: {args.model} has random weights (no --weights): figures are those of an "
+    model = resolve(spec, num_classes=classes, in_channels=shape[0], width=getattr(args, "width", 1.0),
+                    input_shape=shape, weights=weights, output=getattr(args, "output", None))
+    if not is_saved(spec) and not weights and args.command not in ("train", "profile", "compare", "distill"):
+        print(f"convslim: warning: {spec} has random weights (no --weights): figures are those of an "
               f"untrained model", file=sys.stderr)
     return model
 

@@ -1,6 +1,5 @@
 """`convslim distill`, `decompose`, `sparsify`, `convert` and `compare` (per-layer separable/Ghost
 costs): the families beside channel pruning, each a thin face of its Python API."""
-import argparse
 import copy
 from pathlib import Path
 
@@ -96,12 +95,9 @@ def cmd_distill(args):
         raise ConvslimError(f"--teacher must be a trained model saved as .pt, got {args.teacher!r}")
     dcfg = _distill_cfg(args)
     cfg = _train_cfg(args)
-    teacher = open_model(argparse.Namespace(model=args.teacher, weights=None, width=1.0, num_classes=None,
-                                            in_channels=None, input_size=None, seed=args.seed, command="distill"))
+    teacher = open_model(args, spec=args.teacher)
     splits = open_data(args, teacher)
-    student_args = argparse.Namespace(model=args.student, weights=None, width=args.width, num_classes=None,
-                                      in_channels=None, input_size=None, seed=args.seed, command="distill")
-    student = open_model(student_args, None if args.student.endswith(".pt") else splits)
+    student = open_model(args, None if args.student.endswith(".pt") else splits, spec=args.student)
     if args.student.endswith(".pt"):
         norm = record_of(student).meta.get("normalization")
         if norm and norm != record_of(teacher).meta.get("normalization"):

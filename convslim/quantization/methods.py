@@ -13,14 +13,14 @@ import os
 import tempfile
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from ..checkpoint import ensure_record, record_of
 from ..errors import ConvslimError
-from ..metrics import ort_latency_ms, state_dict_bytes
+from ..metrics import alternating, ort_latency_ms, state_dict_bytes
 from ..batches import take_images
-from ..train import TrainConfig, evaluate, fit, recalibrate_bn
+from ..task import trainer
+from ..train import evaluate, recalibrate_bn
 from . import binarize as binmod
 from .clustering import cluster as cluster_weights
 from .fakequant import layers_of, quantize_weights, simulate, strip
@@ -48,12 +48,9 @@ class FineTune:
     def run(self, model, splits):
         if not self.epochs:
             return None
-        from ..kd import kd_loss_fn
-
-        loss_fn = kd_loss_fn(self.teacher) if self.teacher is not None else None
-        cfg = TrainConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=self.seed,
-                          device=self.device, progress=self.progress)
-        log = fit(model, splits, cfg, loss_fn=loss_fn)
+        plain, distil = trainer(splits, lr=self.lr, batch_size=self.batch_size, seed=self.seed, device=self.device,
+                                progress=self.progress)
+        log = distil(model, self.epochs, self.teacher) if self.teacher is not None else plain(model, self.epochs)
         model.cpu()
         return {"epochs": self.epochs, "lr": self.lr, "seconds": log["seconds"], "distilled": self.teacher is not None}
 
@@ -75,11 +72,8 @@ def paired_latency(fp32_path, int8_path, shape, batches=(1, 64), repeats=10, rou
     fp32, int8 = {}, {}
     for b in batches:
         x = torch.randn(b, *shape)
-        runs = {fp32_path: [], int8_path: []}
-        for _ in range(rounds):
-            for path in runs:
-                runs[path].append(ort_latency_ms(path, x, repeats=repeats))
-        fp32[f"b{b}_ms"], int8[f"b{b}_ms"] = (float(np.median(runs[p])) for p in (fp32_path, int8_path))
+        fp32[f"b{b}_ms"], int8[f"b{b}_ms"] = alternating(
+            [lambda p=p: ort_latency_ms(p, x, repeats=repeats) for p in (fp32_path, int8_path)], rounds)
     return fp32, int8
 
 
