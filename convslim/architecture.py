@@ -5,9 +5,6 @@ its signature accepts them); and which one tensor of its output convslim works o
 Below both checkpoint (which rebuilds the architecture a file records) and modelspec (which turns
 what the user typed after --model into a model), so neither has to import the other's way round.
 """
-import importlib
-import importlib.util
-import inspect
 from pathlib import Path
 
 import torch
@@ -15,39 +12,11 @@ from torch import nn
 
 from . import models
 from .errors import ConvslimError
+from .usercode import call_factory, import_factory
 
 
-def _import_factory(spec):
-    target, _, attr = spec.rpartition(":")
-    if target.endswith(".py"):
-        path = Path(target)
-        if not path.exists():
-            raise ConvslimError(f"model file not found: {path}")
-        mod_spec = importlib.util.spec_from_file_location(f"convslim_user_{path.stem}", path)
-        module = importlib.util.module_from_spec(mod_spec)
-        try:
-            mod_spec.loader.exec_module(module)
-        except Exception as exc:
-            raise ConvslimError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
-    else:
-        try:
-            module = importlib.import_module(target)
-        except ImportError as exc:
-            raise ConvslimError(f"cannot import module {target!r}: {exc}") from exc
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise ConvslimError(f"{target} has no callable {attr!r}")
-    return factory
-
-
-def _call_factory(factory, spec, **kwargs):
-    params = inspect.signature(factory).parameters
-    takes_all = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    accepted = {k: v for k, v in kwargs.items() if takes_all or k in params}
-    try:
-        model = factory(**accepted)
-    except Exception as exc:
-        raise ConvslimError(f"factory {spec} failed: {type(exc).__name__}: {exc}") from exc
+def _build_factory_model(spec, **kwargs):
+    model = call_factory(import_factory(spec), spec, **kwargs)
     if not isinstance(model, nn.Module):
         raise ConvslimError(f"factory {spec} returned {type(model).__name__}, not an nn.Module")
     return model
@@ -73,7 +42,7 @@ def is_zoo(spec):
 def create(spec, *, num_classes=10, in_channels=3, width=1.0):
     """A fresh model of the spec (zoo name or canonical factory spec), without convslim's record."""
     if is_factory(spec):
-        return _call_factory(_import_factory(spec), spec, num_classes=num_classes, in_channels=in_channels,
+        return _build_factory_model(spec, num_classes=num_classes, in_channels=in_channels,
                              width=width)
     return models.create(spec, num_classes=num_classes, in_channels=in_channels, width=width)
 

@@ -25,63 +25,25 @@ mean and std unless ``--mean``/``--std`` are given.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import inspect
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from convslim.data.sources.base import TEST_FRACTION, TEST_SEED, stratified_split
 from convslim.errors import ConvslimError
+from convslim.usercode import call_factory, import_factory
 
 CONTRACT = ("return convslim Splits, a dict with 'train' and 'test' (and 'val', 'classes', 'augment'), or a "
             "tuple (train, val, test), each split an (images, labels) pair or a dataset")
-
-
-def _import(spec: str):
-    target, _, attr = spec.rpartition(":")
-    if target.endswith(".py"):
-        path = Path(target).expanduser()
-        if not path.is_file():
-            raise ConvslimError(f"data factory file not found: {path}")
-        mod_spec = importlib.util.spec_from_file_location(f"convslim_user_data_{path.stem}", path)
-        module = importlib.util.module_from_spec(mod_spec)
-        try:
-            mod_spec.loader.exec_module(module)
-        except Exception as exc:
-            raise ConvslimError(f"importing {path} failed: {type(exc).__name__}: {exc}") from None
-    else:
-        try:
-            module = importlib.import_module(target)
-        except ImportError as exc:
-            raise ConvslimError(f"cannot import module {target!r}: {exc}") from None
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise ConvslimError(f"{target} has no callable {attr!r}")
-    return factory
 
 
 def load_factory(spec: str, *, val_fraction=0.1, seed=0, resize=None, mean=None, std=None):
     """Call the factory named by ``spec`` and turn what it returns into Splits."""
     from convslim.data import Splits
 
-    factory = _import(spec)
-    kwargs = {"seed": int(seed), "val_fraction": float(val_fraction), "resize": resize}
-    try:
-        params = inspect.signature(factory).parameters
-        takes_all = any(p.kind is p.VAR_KEYWORD for p in params.values())
-        accepted = {k: v for k, v in kwargs.items() if takes_all or k in params}
-    except (TypeError, ValueError):
-        accepted = {}
-    try:
-        out = factory(**accepted)
-    except ConvslimError:
-        raise
-    except Exception as exc:
-        raise ConvslimError(f"data factory {spec} failed: {type(exc).__name__}: {' '.join(str(exc).split())}") from None
+    out = call_factory(import_factory(spec, "data"), spec, "data", seed=int(seed), val_fraction=float(val_fraction),
+                       resize=resize)
     if isinstance(out, Splits):
         splits = out.with_normalization(mean, std) if (mean is not None or std is not None) else out
         return splits if splits.source else _replace(splits, source=spec)
