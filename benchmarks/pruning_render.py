@@ -50,7 +50,7 @@ def base_tables(base):
                               "train seconds"], rows))
 
 
-def criteria_table(runs, base):
+def criteria_table(runs, base, table="criteria"):
     if not runs:
         return "Not run yet.", {}
     groups = defaultdict(list)
@@ -82,7 +82,7 @@ def criteria_table(runs, base):
              f"recovery: BatchNorm re-estimation on 20 batches and {r['ft_epochs']:g} epoch of fine-tuning at lr "
              f"{r['lr']:g} (cosine), with the same seeds. Torch-pruning's criteria are its own importance classes "
              "(`tp.importance.*`), scored on the same 4 calibration batches. The mean is over the seeds; "
-             "the range is the lowest and highest seed.\n\n" + commands("criteria"))
+             "the range is the lowest and highest seed.\n\n" + commands(table))
     return intro + "\n\n".join(parts), summary
 
 
@@ -221,6 +221,8 @@ def proxy_table(runs):
 def render():
     FIGS.mkdir(parents=True, exist_ok=True)
     base, crit, abl, auto, speed = (load(t) for t in ("base", "criteria", "ablations", "auto", "speed"))
+    recovery = load("criteria_recovery")
+    recovery_md = criteria_table(recovery, base, "criteria_recovery")[0] if recovery else "Not run yet."
     crit_md, summary = criteria_table(crit, base)
     if summary:
         criteria_plot(summary, crit)
@@ -231,7 +233,13 @@ def render():
         "`benchmarks/results/pruning/*.json`, made by the commands given with each table, and rendered by "
         f"`{CMD} render`. Machine: {machine()['cpu']}, 2 shared cores, no GPU.",
         FINDINGS.read_text().strip() if FINDINGS.exists() else "",
-        base_tables(base), "## 2. Criteria at matched FLOPs\n\n" + crit_md + "\n\n![criteria](results/pruning/criteria.png)",
+        base_tables(base),
+        "## 2a. Criteria at a real recovery (issue 13; in progress)\n\nThe interim resnet20 from "
+        "`../shared/bases/` (trained on an H200 by `convslim train`, 70 epochs), about 50% fewer FLOPs, 5 epochs of "
+        "fine-tuning per run. Seeds are added as the runs finish (each run about 12-16 minutes on this CPU); the "
+        "seeds column says how many each mean has. No verdict until all three seeds are in.\n\n" + recovery_md,
+        "## 2. Criteria at matched FLOPs (short budget: how fast each criterion recovers)\n\n" + crit_md
+        + "\n\n![criteria](results/pruning/criteria.png)",
         ablation_tables(abl, base), auto_table(auto), speed_table(speed), proxy_md])
     OUT.write_text(md + "\n")
     (RESULTS / "pruning.json").write_text(json.dumps({"machine": machine(), "commit": git_commit(), "base": base,

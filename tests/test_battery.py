@@ -52,6 +52,10 @@ def ws(tmp_path_factory):
     torch.save(evil, d / "evil.pt")
     (d / "tuple_net.py").write_text(TUPLE_NET)
     (d / "empty").mkdir()
+    from PIL import Image
+    (d / "oneclass" / "cat").mkdir(parents=True)
+    for i in range(40):
+        Image.new("RGB", (8, 8), (6 * i, 0, 0)).save(d / "oneclass" / "cat" / f"{i}.png")
     return d
 
 
@@ -84,6 +88,7 @@ CASES = [
     _case("train", "--model", "digitsnet", "--data", "nosuch:thing", "--out", "o.pt"),
     _case("train", "--model", "digitsnet", "--data", "cifar10:/no/such/folder", "--out", "o.pt", msg="not found"),
     _case("train", "--model", "digitsnet", "--data", "{w}/empty", "--out", "o.pt"),
+    _case("train", "--model", "digitsnet", "--data", "imagefolder:{w}/oneclass", "--out", "o.pt", msg="1 class"),
     _case("train", "--model", "{w}/tuple_net.py:make", *D, "--out", "o.pt", msg="--output"),
     _case("train", "--model", "{w}/tuple_net.py:make", *D, "--output", "5", "--out", "o.pt", msg="output 5"),
     _case("train", "--model", "digitsnet", *D, "--weights", "{w}/sd.pt", "--out", "o.pt", msg="do not fit"),
