@@ -219,16 +219,18 @@ def test_bad_input(ws, tmp_path, monkeypatch, capsys, argv, message):
 
 
 def test_same_seed_same_weights_and_bytes(tmp_path):
-    """Same command, same seed: the same weights; prune and export write the same file, byte for byte."""
+    """Same command, same seed: the same weights; prune, export and quantize write the same file, byte for byte."""
     for name in ("a", "b"):
         assert main(["train", "--model", "digitsnet", "--data", "digits", "--epochs", "1", "--seed", "3", "--quiet",
                      "--out", str(tmp_path / f"{name}.pt")]) == 0
         assert main(["export", "--model", str(tmp_path / "a.pt"), "--out", str(tmp_path / f"{name}.onnx")]) == 0
         assert main(["prune", "--model", str(tmp_path / "a.pt"), "--data", "digits", "--cr", "0.8",
                      "--out", str(tmp_path / f"{name}-p.pt")]) == 0
+        assert main(["quantize", "--model", str(tmp_path / "a.pt"), "--method", "cluster", "--clusters", "4",
+                     "--epochs", "0", "--out", str(tmp_path / f"{name}.csz")]) == 0
     a, b = (convslim.load(tmp_path / f"{n}.pt").state_dict() for n in "ab")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    for suffix in (".onnx", "-p.pt"):
+    for suffix in (".onnx", "-p.pt", ".csz"):
         assert (tmp_path / f"a{suffix}").read_bytes() == (tmp_path / f"b{suffix}").read_bytes(), suffix
 
 
