@@ -303,9 +303,11 @@ def calibrated_search(probe, candidate, task, cfg, log, key, base_val, done, say
     return best
 
 
-def task_for(data, cfg, **callables):
-    """The Task a search runs on: convslim Splits with cfg's fine-tuning settings, or the user's."""
-    return as_task(data, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed, device=cfg.device, **callables)
+def task_for(data, cfg, progress=False, **callables):
+    """The Task a search runs on: convslim Splits with cfg's fine-tuning settings (a progress bar
+    on every fine-tune when `progress`), or the user's."""
+    return as_task(data, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed, device=cfg.device, progress=progress,
+                   **callables)
 
 
 def on_search_device(model, data, cfg):

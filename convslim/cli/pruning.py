@@ -121,6 +121,7 @@ def cmd_auto(args):
     else:
         print(f"searching cr in [0, 1] to within {cfg.min_interval} ({cfg.search} search), "
               f"budget {cfg.max_acc_loss} points on the validation split; log {log}")
+    print(f"scoring channel importance ({args.criterion}) on {args.calib_batches} training batches", flush=True)
     imp = channel_importance(model, splits, criterion=args.criterion, calib_batches=args.calib_batches,
                              options=options_from(args), seed=args.seed, ignored_layers=args.ignore)
     try:

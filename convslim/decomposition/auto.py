@@ -15,7 +15,7 @@ def auto_decompose(model, data=None, method="tucker", cfg=None, *, example_input
     """Search the energy, keep the fewest-FLOPs candidate within budget, fine-tune it; returns
     (model, summary). `data` and the callables are those of `convslim.auto_prune`."""
     cfg = (cfg or SearchConfig()).check()
-    task = task_for(data, cfg, evaluate=evaluate, finetune=finetune, batches=batches, test=test)
+    task = task_for(data, cfg, progress, evaluate=evaluate, finetune=finetune, batches=batches, test=test)
     ensure_record(model, example_input, task.batches if example_input is None else None)
     model = on_search_device(model, data, cfg).eval()
 

@@ -30,7 +30,7 @@ def auto_prune(model, data=None, cfg=None, *, example_input=None, evaluate=None,
     with the accuracy it reaches.
     """
     cfg = (cfg or SearchConfig()).check()
-    task = task_for(data, cfg, evaluate=evaluate, finetune=finetune, batches=batches, test=test)
+    task = task_for(data, cfg, progress, evaluate=evaluate, finetune=finetune, batches=batches, test=test)
     ensure_record(model, example_input, task.batches if example_input is None else None)
     model = on_search_device(model, data, cfg).eval()
     imp = importance or channel_importance(model, data if data is not None and batches is None else task,
