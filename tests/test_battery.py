@@ -43,6 +43,7 @@ def ws(tmp_path_factory):
     (d / "junk.pt").write_text("not a checkpoint")
     (d / "junk.csz").write_text("not a coded model")
     (d / "notjson.json").write_text("{ this is not json")
+    (d / "x.pt.state.pt").write_text("not a training state")
     (d / "r.json").write_text(json.dumps({"body.0": 0.5}))
     (d / "rbad.json").write_text(json.dumps({"no.such.layer": 0.5}))
     (d / "rrange.json").write_text(json.dumps({"body.0": 1.5}))
@@ -89,6 +90,7 @@ CASES = [
     _case("train", "--model", "digitsnet", "--data", "cifar10:/no/such/folder", "--out", "o.pt", msg="not found"),
     _case("train", "--model", "digitsnet", "--data", "{w}/empty", "--out", "o.pt"),
     _case("train", "--model", "digitsnet", "--data", "imagefolder:{w}/oneclass", "--out", "o.pt", msg="1 class"),
+    _case("train", "--model", "digitsnet", *D, "--resume", "--out", "{w}/x.pt", msg="state"),
     _case("train", "--model", "{w}/tuple_net.py:make", *D, "--out", "o.pt", msg="--output"),
     _case("train", "--model", "{w}/tuple_net.py:make", *D, "--output", "5", "--out", "o.pt", msg="output 5"),
     _case("train", "--model", "digitsnet", *D, "--weights", "{w}/sd.pt", "--out", "o.pt", msg="do not fit"),
