@@ -296,3 +296,12 @@ def test_signal_while_working(tmp_path, sig):
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_output_into_a_closed_pipe_still_saves(tmp_path):
+    """`convslim train ... | head -1`: the reader goes away, the work still finishes and saves."""
+    out = tmp_path / "o.pt"
+    proc = subprocess.run(f"{sys.executable} -m convslim train --model digitsnet --data digits --epochs 1 --quiet "
+                          f"--out {out} | head -c 1", shell=True, capture_output=True, text=True, timeout=300)
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
+    assert out.exists() and convslim.load(out) is not None
