@@ -109,6 +109,11 @@ class SearchLog:
             write_text_atomic(self.path, json.dumps(self.data, indent=2))
 
     @property
+    def final_state(self):
+        """Where the final fine-tune saves its state each epoch, so a stop there resumes too."""
+        return self.path.with_name(self.path.name + ".final-state.pt") if self.path else None
+
+    @property
     def candidate_path(self):
         return self.path.with_name(self.path.name + ".candidate.pt") if self.path else None
 
@@ -136,6 +141,8 @@ def budget_search(model, task, cfg, make, *, key, header, teacher=None, log_path
     base_counts = count(model, example_input(model))
     if log.probes:
         echo(f"resuming from {log_path}: {len(log.probes)} record(s) done")
+    elif log.final_state and log.final_state.exists():
+        log.final_state.unlink()          # a fresh search: a final fine-tune state left here is another run's
     done = {(r.get("kind", "probe"), r[key]): r for r in log.probes}
     fresh = {}                       # value -> the recovered candidate of a probe made in this run
 
@@ -184,6 +191,7 @@ def budget_search(model, task, cfg, make, *, key, header, teacher=None, log_path
         best = copy.deepcopy(model)
     search_epochs = sum(r.get("epochs", cfg.probe_epochs) for r in log.probes)
     summary = finish(model, best, task, cfg, base_counts, tune=chosen is not None, teacher=teacher,
+                     resume=log.final_state,
                      base_val=base_val, search=cfg.search,
                      probes=sum(r.get("kind", "probe") == "probe" for r in log.probes),
                      verifications=sum(r.get("kind") == "verify" for r in log.probes),
@@ -194,14 +202,17 @@ def budget_search(model, task, cfg, make, *, key, header, teacher=None, log_path
     return best, summary, chosen
 
 
-def finish(model, best, task, cfg, base_counts, *, tune, teacher=None, base_val=None, **fields):
+def finish(model, best, task, cfg, base_counts, *, tune, teacher=None, base_val=None, resume=None, **fields):
     """The chosen model's final fine-tune (distilling from `teacher`, or from the original when
-    cfg.distill) and the figures every automatic result reports: scores before and after, test
-    figures when the task has them, FLOPs and params and their reductions, epochs and seconds."""
+    cfg.distill; resumable from `resume` with convslim's trainer) and the figures every automatic
+    result reports: scores before and after, test figures when the task has them, FLOPs and params
+    and their reductions, epochs and seconds."""
     t_final = time.perf_counter()
     teacher = teacher if teacher is not None else (copy.deepcopy(model) if cfg.distill else None)
     if tune:
-        task.tune(best, cfg.final_epochs, teacher)
+        task.tune(best, cfg.final_epochs, teacher, resume=resume)
+        if resume is not None and Path(resume).exists():
+            Path(resume).unlink()         # finished: nothing left to resume
     best.eval()
     base_val = float(task.evaluate(model)) if base_val is None else base_val
     summary = {"metric": task.metric, "base_val_acc": base_val, "final_val_acc": float(task.evaluate(best)),

@@ -32,16 +32,20 @@ class Task:
     teacher_finetune: Optional[Callable] = None   # (model, epochs, teacher) -> distilling fine-tune
     bn_data: object = None                   # what BatchNorm re-estimation reads (default: batches)
 
-    def tune(self, model, epochs, teacher=None):
-        """Fine-tune with the task's loop; with a teacher, its distilling loop when it has one."""
+    def tune(self, model, epochs, teacher=None, resume=None):
+        """Fine-tune with the task's loop; with a teacher, its distilling loop when it has one.
+        `resume` (a path) makes convslim's own trainer save its state every epoch and continue from
+        it; a user's loop is called as it is."""
         if epochs <= 0:
             return None
+        own = getattr(self.finetune, "resumable", False)
+        extra = {"resume": resume} if resume is not None and own else {}
         if teacher is not None and self.teacher_finetune is not None:
-            return self.teacher_finetune(model, epochs, teacher)
+            return self.teacher_finetune(model, epochs, teacher, **extra)
         if self.finetune is None:
             raise ConvslimError("this step fine-tunes, but no finetune(model, epochs) was given; pass one "
                                 "(or 0 epochs)")
-        return self.finetune(model, epochs)
+        return self.finetune(model, epochs, **extra)
 
     @classmethod
     def from_splits(cls, splits, *, lr=0.01, batch_size=128, seed=0, device="auto", progress=False,
@@ -71,12 +75,13 @@ def trainer(data, **train_options):
     def config(epochs):
         return TrainConfig(epochs=epochs, **train_options)
 
-    def finetune(model, epochs):
-        return fit(model, data, config(epochs), validate=False)
+    def finetune(model, epochs, resume=None):
+        return fit(model, data, config(epochs), validate=False, resume=resume)
 
-    def distil(model, epochs, teacher):
-        return fit(model, data, config(epochs), validate=False, loss_fn=kd_loss_fn(teacher))
+    def distil(model, epochs, teacher, resume=None):
+        return fit(model, data, config(epochs), validate=False, loss_fn=kd_loss_fn(teacher), resume=resume)
 
+    finetune.resumable = True
     return finetune, distil
 
 

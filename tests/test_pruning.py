@@ -261,3 +261,39 @@ def test_calibrated_search_verifies_and_stays_within_the_epoch_budget(digits, tm
     assert summary["search_epochs"] <= cfg.final_epochs or len(verified) == 1
     again, summary2 = convslim.auto_prune(model, digits, cfg, log_path=log, progress=False)   # resumes: no new work
     assert summary2["chosen_cr"] == summary["chosen_cr"] and len(json.loads(log.read_text())["probes"]) == len(records)
+
+
+def test_a_stop_in_the_final_fine_tune_resumes_to_the_same_model(digits, tmp_path, monkeypatch):
+    """auto's final fine-tune saves its state every epoch: stopped in its second epoch and run again,
+    it ends with the same weights as a run that never stopped."""
+    import convslim.train as train
+
+    model = copy.deepcopy(trained_model(digits))
+    cfg = convslim.SearchConfig(max_acc_loss=60.0, min_interval=0.25, probe_epochs=0, final_epochs=2, lr=0.02,
+                                batch_size=64, device="cpu")
+    straight, summary = convslim.auto_prune(model, digits, cfg, log_path=tmp_path / "a.json", progress=False)
+    assert summary["pruned"] and summary["final_epochs"] == 2
+    assert not (tmp_path / "a.json.final-state.pt").exists()          # removed once finished
+
+    real = train.cross_entropy
+    steps_per_epoch = len(digits.train_y) // 64
+    calls = {"n": 0}
+
+    def stopping(label_smoothing=0.0):
+        inner = real(label_smoothing)
+
+        def loss_fn(net, x, y):
+            calls["n"] += 1
+            if calls["n"] == steps_per_epoch + 1:
+                raise KeyboardInterrupt
+            return inner(net, x, y)
+        return loss_fn
+
+    monkeypatch.setattr(train, "cross_entropy", stopping)
+    with pytest.raises(KeyboardInterrupt):
+        convslim.auto_prune(model, digits, cfg, log_path=tmp_path / "b.json", progress=False)
+    assert (tmp_path / "b.json.final-state.pt").exists()
+    monkeypatch.setattr(train, "cross_entropy", real)
+    resumed, _ = convslim.auto_prune(model, digits, cfg, log_path=tmp_path / "b.json", progress=False)
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
