@@ -8,11 +8,11 @@ Run: python examples/segmentation_miou.py
 import sys
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import convslim
+from own_loop_auto_prune import train   # the same plain Adam loop: cross-entropy works per pixel too
 
 CLASSES = 3   # background, square, bar
 
@@ -42,22 +42,6 @@ class TinySegNet(nn.Module):
     def forward(self, x):
         skip = self.enc(x)
         return self.head(torch.cat([skip, self.up(self.down(skip))], 1))
-
-
-def train(model, loader, epochs):
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    steps = max(1, round(epochs * len(loader)))
-    model.train()
-    done = 0
-    while done < steps:
-        for x, y in loader:
-            opt.zero_grad()
-            F.cross_entropy(model(x), y).backward()
-            opt.step()
-            done += 1
-            if done == steps:
-                break
-    model.eval()
 
 
 @torch.no_grad()
