@@ -14,7 +14,8 @@ from ..errors import ConvslimError
 from .common import check_command_paths, config_argv, config_path
 
 # Each module adds its subcommands through a `register(subparsers)` function.
-COMMAND_MODULES = ["convslim.cli.core", "convslim.cli.pruning", "convslim.cli.families", "convslim.cli.quantization"]
+COMMAND_MODULES = ["convslim.cli.core", "convslim.cli.pruning", "convslim.cli.families", "convslim.cli.quantization",
+                   "convslim.cli.latency"]
 
 
 class _Parser(argparse.ArgumentParser):

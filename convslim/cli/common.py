@@ -11,7 +11,7 @@ from ..fileio import check_paths, write_text_atomic
 
 # Argument names that are files a command reads, files it writes, and folders it writes.
 READ_ARGS = ("model", "weights", "teacher", "student", "ratios", "summary", "config")
-WRITE_ARGS = ("out", "json", "log", "csr", "state")
+WRITE_ARGS = ("out", "json", "log", "csr", "state", "plot")
 
 
 # --- argument types: every number gets its range where it enters ---------------------------------

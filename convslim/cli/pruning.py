@@ -10,6 +10,7 @@ from ..pruning.criteria import CRITERIA, PermutationOptions
 from ..pruning.importance import ESTIMATORS, MEASURES, PERMS
 from .common import (add_data_args, add_model_args, fraction, non_negative, open_model_and_data, open_teacher,
                      positive, positive_int, settings, write_json)
+from .latency import add_latency_args, latency_tables, report_latency
 
 
 def add_importance_args(p):
@@ -79,7 +80,8 @@ def cmd_prune(args):
     model, splits = open_model_and_data(args)
     imp = channel_importance(model, splits, criterion=args.criterion, calib_batches=args.calib_batches,
                              options=options_from(args), seed=args.seed, ignored_layers=args.ignore)
-    slim, kept = apply_rule(model, imp, rule, value, multiple=args.multiple)
+    slim, kept = apply_rule(model, imp, rule, value, multiple=args.multiple,
+                            latency=latency_tables(args) if args.latency_aware else None)
     Task.from_splits(splits, lr=args.lr, seed=args.seed, device=args.device,
                      progress=True).tune(slim, args.finetune_epochs, teacher)
     summary = flops_params(count(model, example_input(model)), count(slim, example_input(slim)))
@@ -87,6 +89,7 @@ def cmd_prune(args):
                    rule=rule, value=value, criterion=args.criterion, channels=kept)
     save(slim, out, inputs=[args.model, args.weights], pruning={"rule": rule, "criterion": args.criterion})
     print_result(summary)
+    report_latency(model, slim, args, summary)
     finish(args, out, summary, model, splits, imp, with_search=False)
 
 
@@ -112,12 +115,15 @@ def cmd_auto(args):
                        verify_epochs=args.verify_epochs).check()
     out, log = Path(args.out), args.log
     target = (("flops", args.target_flops) if args.target_flops is not None else
-              ("params", args.target_params) if args.target_params is not None else None)
+              ("params", args.target_params) if args.target_params is not None else
+              ("latency", args.target_latency) if args.target_latency is not None else None)
+    aware = args.latency_aware or args.target_latency is not None
     teacher = open_teacher(args)
     model, splits = open_model_and_data(args)
     if target:
-        print(f"pruning to at most {target[1]:g}{' of the original' if target[1] <= 1 else ''} {target[0]}, "
-              f"then {cfg.final_epochs:g} epochs of fine-tuning")
+        what = (f"{target[1]:g} ms on {args.engine} (batch {args.latency_batch[0]})" if target[0] == "latency" else
+                f"{target[1]:g}{' of the original' if target[1] <= 1 else ''} {target[0]}")
+        print(f"pruning to at most {what}, then {cfg.final_epochs:g} epochs of fine-tuning")
     else:
         print(f"searching cr in [0, 1] to within {cfg.min_interval} ({cfg.search} search), "
               f"budget {cfg.max_acc_loss} points on the validation split; log {log}")
@@ -126,13 +132,14 @@ def cmd_auto(args):
                              options=options_from(args), seed=args.seed, ignored_layers=args.ignore)
     try:
         best, summary = auto_prune(model, splits, cfg, importance=imp, teacher=teacher, log_path=log, target=target,
-                                   settings=settings(args),
+                                   settings=settings(args), latency=latency_tables(args) if aware else None,
                                    model_id=str(Path(args.model).resolve()) if args.model.endswith(".pt") else args.model)
     except KeyboardInterrupt:
         raise ConvslimError(f"interrupted; run the same command again to resume from {log}") from None
     save(best, out, inputs=[args.model, args.weights], search={k: summary[k] for k in
          ("chosen_cr", "flops_reduction", "params_reduction", "test_acc", "base_test_acc")})
     print_result(summary)
+    report_latency(model, best, args, summary)
     if target:
         print(f"cost: {summary['epochs']:g} epochs of fine-tuning, {summary['final_seconds']:.0f}s")
     else:
@@ -182,6 +189,7 @@ def register(sub):
     rule.add_argument("--ratio", type=fraction, help="one pruning ratio for every layer, in [0, 1]")
     rule.add_argument("--ratios", help="JSON file mapping layer names to pruning ratios")
     add_importance_args(p)
+    add_latency_args(p)
     add_output_args(p)
     p.add_argument("--finetune-epochs", type=non_negative, default=0)
     p.add_argument("--teacher", help="saved model to distil from while fine-tuning")
@@ -207,9 +215,13 @@ def register(sub):
     goal.add_argument("--target-flops", type=count_value, help="dual mode: the least pruned model with at most "
                       "this many FLOPs (a share such as 0.5, or a count such as 20M); no accuracy budget")
     goal.add_argument("--target-params", type=count_value, help="dual mode, on parameters")
+    goal.add_argument("--target-latency", type=positive, metavar="MS", help="dual mode on time: the least pruned "
+                      "model that measures at most MS milliseconds on --engine at the first --latency-batch "
+                      "(implies --latency-aware)")
     p.add_argument("--verify-epochs", type=positive, help="calibrated: fine-tune per verification "
                                                           "(default final-epochs / 4)")
     add_importance_args(p)
+    add_latency_args(p)
     add_output_args(p)
     p.set_defaults(func=cmd_auto)
 

@@ -4,9 +4,11 @@ import dataclasses
 import time
 
 from ..budget import SearchConfig, budget_search, finish, on_search_device, recover, task_for
-from ..checkpoint import ensure_record, example_input
+from ..checkpoint import ensure_record, example_input, record_of
 from ..errors import ConvslimError
+from ..latency import measure_model
 from ..metrics import count
+from .latency_aware import LatencySnap
 from .prune import apply_rule, channel_importance, kept_per_layer
 
 __all__ = ["SearchConfig", "auto_prune"]
@@ -14,8 +16,8 @@ __all__ = ["SearchConfig", "auto_prune"]
 
 def auto_prune(model, data=None, cfg=None, *, example_input=None, evaluate=None, finetune=None, batches=None,
                test=None, criterion="permutation", options=None, calib_batches=4, importance=None, teacher=None,
-               ignored_layers=(), target=None, log_path=None, settings=None, model_id="", progress=True,
-               echo=print):
+               ignored_layers=(), target=None, latency=None, log_path=None, settings=None, model_id="",
+               progress=True, echo=print):
     """Search cr, keep the fewest-FLOPs candidate within budget, fine-tune it; returns (model, summary).
 
     `data` is convslim Splits (validation top-1 judges, convslim's trainer fine-tunes), a Task, or
@@ -27,7 +29,9 @@ def auto_prune(model, data=None, cfg=None, *, example_input=None, evaluate=None,
 
     `target=("flops" | "params", value)` is the dual mode: no accuracy budget, the least pruned model
     with at most that many FLOPs or params (a value <= 1 is a share of the original's), fine-tuned,
-    with the accuracy it reaches.
+    with the accuracy it reaches. `target=("latency", ms)` does the same on measured time, and needs
+    `latency`: a LatencyTable (or several, e.g. batch 1 and 64; the first is the target's) of the
+    engine you deploy to; with it every candidate's channel counts also snap to fast counts.
     """
     cfg = (cfg or SearchConfig()).check()
     task = task_for(data, cfg, progress, evaluate=evaluate, finetune=finetune, batches=batches, test=test)
@@ -37,12 +41,14 @@ def auto_prune(model, data=None, cfg=None, *, example_input=None, evaluate=None,
                                            criterion=criterion, calib_batches=calib_batches, options=options,
                                            seed=cfg.seed, ignored_layers=ignored_layers)
 
+    snap = LatencySnap(model, imp.groups, latency) if latency is not None else None
+
     def make(cr):
-        cand, kept = apply_rule(model, imp, "cr", cr, multiple=cfg.multiple)
+        cand, kept = apply_rule(model, imp, "cr", cr, multiple=cfg.multiple, latency=snap)
         return cand, {"channels": kept}
 
     if target is not None:
-        return prune_to_target(model, imp, task, cfg, target, teacher)
+        return prune_to_target(model, imp, task, cfg, target, teacher, snap, echo)
     header = {"model": model_id, "criterion": imp.criterion, "options": imp.options}
     best, summary, _ = budget_search(model, task, cfg, make, key="cr", header=header, teacher=teacher,
                                      log_path=log_path, progress=progress, echo=echo,
@@ -55,26 +61,21 @@ def target_count(target, base_counts):
     """(metric, absolute count) from ("flops" | "params", value): a value <= 1 is a share of the base."""
     metric, value = target
     if metric not in ("flops", "params"):
-        raise ConvslimError(f"a target is on flops or params, got {metric!r}")
+        raise ConvslimError(f"a target is on flops, params or latency, got {metric!r}")
     if not value > 0:
         raise ConvslimError(f"target {metric} must be positive, got {value}")
     return metric, value * base_counts[metric] if value <= 1 else value
 
 
-def cr_for_target(model, importance, metric, goal, *, multiple=1, steps=16):
-    """The largest cr (the least pruning) whose model has at most `goal` FLOPs or params: counted,
-    nothing trained. Counts grow with cr, so a bisection finds it."""
-    x = example_input(model)
-
-    def size(cr):
-        return count(apply_rule(model, importance, "cr", cr, multiple=multiple)[0], x)[metric]
-
+def cr_for_target(size, goal, *, what="flops", steps=16):
+    """The largest cr (the least pruning) whose model's `size(cr)` is at most `goal`: counted or
+    predicted, nothing trained. Size grows with cr, so a bisection finds it."""
     if size(1.0) <= goal:
         return 1.0
     smallest = size(0.0)
     if smallest > goal:
-        raise ConvslimError(f"no pruned model has {goal:,.0f} {metric} or fewer: the smallest convslim can make "
-                            f"keeps one channel per group and has {smallest:,}")
+        raise ConvslimError(f"no pruned model has {goal:,.4g} {what} or less: the smallest convslim can make "
+                            f"keeps one channel per group and has {smallest:,.4g}")
     lo, hi = 0.0, 1.0
     for _ in range(steps):
         mid = (lo + hi) / 2
@@ -82,13 +83,63 @@ def cr_for_target(model, importance, metric, goal, *, multiple=1, steps=16):
     return lo
 
 
-def prune_to_target(model, imp, task, cfg, target, teacher):
-    """The dual mode of auto_prune: the least pruned model under a FLOPs or params target."""
+def cr_for_latency(model, imp, cfg, snap, goal_ms, echo, step=1 / 32, tries=32):
+    """The least pruned cr whose model runs within `goal_ms` on the first table's engine, batch and
+    threads. The table's prediction gives a first cr; then whole models are measured, stepping cr
+    down while the measurement misses and up while the next step still meets the goal (NetAdapt's
+    measured check, started where the table points)."""
+    table = snap.tables[0]
+    shape = record_of(model).input_shape
+
+    def candidate(cr):
+        return apply_rule(model, imp, "cr", cr, multiple=cfg.multiple, latency=snap)[0]
+
+    def measured(cr):
+        ms = measure_model(candidate(cr), shape, engine=table.engine, batch=table.batch, threads=table.threads)
+        echo(f"latency target {goal_ms:.3f} ms: cr {cr:.4f} measures {ms:.3f} ms")
+        return ms
+
+    base_ms = measure_model(model, shape, engine=table.engine, batch=table.batch, threads=table.threads)
+    if base_ms <= goal_ms:
+        return 1.0
+    full = snap.predict_ms(model)
+    try:                  # the table predicts the share of the base's time a candidate takes
+        cr = cr_for_target(lambda v: base_ms * snap.predict_ms(candidate(v)) / full, goal_ms, what="ms (predicted)")
+    except ConvslimError:
+        cr = 0.0          # the table sees no way; the measurements have the last word
+    if measured(cr) <= goal_ms:
+        for _ in range(tries):
+            if cr + step >= 1 or measured(cr + step) > goal_ms:
+                return cr
+            cr += step
+        return cr
+    for _ in range(tries):
+        cr = max(0.0, cr - step)
+        if measured(cr) <= goal_ms:
+            return cr
+        if cr == 0.0:
+            break
+    raise ConvslimError(f"no pruned model measured {goal_ms:.3f} ms or less on {table.engine} (batch {table.batch}, "
+                        f"{table.threads} thread(s)); the base measures {base_ms:.3f} ms")
+
+
+def prune_to_target(model, imp, task, cfg, target, teacher, snap=None, echo=print):
+    """The dual mode of auto_prune: the least pruned model under a FLOPs, params or latency target."""
     base_counts = count(model, example_input(model))
-    metric, goal = target_count(target, base_counts)
     t0 = time.perf_counter()
-    cr = cr_for_target(model, imp, metric, goal, multiple=cfg.multiple)
-    best, kept = apply_rule(model, imp, "cr", cr, multiple=cfg.multiple)
+    if target[0] == "latency":
+        if snap is None:
+            raise ConvslimError("a latency target needs a latency table of the engine you deploy to (latency=...)")
+        if not target[1] > 0:
+            raise ConvslimError(f"target latency must be positive, got {target[1]}")
+        metric, goal = target
+        cr = cr_for_latency(model, imp, cfg, snap, goal, echo)
+    else:
+        metric, goal = target_count(target, base_counts)
+        x = example_input(model)
+        cr = cr_for_target(lambda v: count(apply_rule(model, imp, "cr", v, multiple=cfg.multiple, latency=snap)[0],
+                                           x)[metric], goal, what=metric)
+    best, kept = apply_rule(model, imp, "cr", cr, multiple=cfg.multiple, latency=snap)
     recover(best, task, dataclasses.replace(cfg, probe_epochs=0))   # BN statistics only; the final tune follows
     summary = finish(model, best, task, cfg, base_counts, tune=cr < 1.0, teacher=teacher, chosen_cr=cr,
                      target={"metric": metric, "value": goal}, search="target",

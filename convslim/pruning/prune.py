@@ -67,10 +67,16 @@ def channel_importance(model, data, *, criterion="permutation", calib_batches=4,
     return Importance(criterion, groups, contrib, raw, asdict(options) if criterion == "permutation" else {})
 
 
-def apply_rule(model, importance, rule, value, *, multiple=1):
+def apply_rule(model, importance, rule, value, *, multiple=1, latency=None):
     """A pruned copy of `model` (on the model's device) plus the channels kept per group; the
-    original is untouched."""
-    removals, kept = plan_removals(importance.groups, importance.contributions, rule, value, multiple=multiple)
+    original is untouched. `latency` (a LatencyTable, several, or a LatencySnap built once for
+    many calls) moves each group's count up to one the deployment engine runs fast."""
+    snap = None
+    if latency is not None:
+        from .latency_aware import LatencySnap
+        snap = latency if isinstance(latency, LatencySnap) else LatencySnap(model, importance.groups, latency)
+    removals, kept = plan_removals(importance.groups, importance.contributions, rule, value, multiple=multiple,
+                                   snap=snap)
     slim = copy.deepcopy(model)
     if removals:
         history = remove_channels(slim, removals, example(slim))
@@ -79,9 +85,9 @@ def apply_rule(model, importance, rule, value, *, multiple=1):
 
 
 def prune(model, data, *, cr=None, ratio=None, ratios=None, criterion="permutation", calib_batches=4,
-          batch_size=64, options=None, multiple=1, seed=0, example_input=None, ignored_layers=()):
+          batch_size=64, options=None, multiple=1, seed=0, example_input=None, ignored_layers=(), latency=None):
     """Prune once with one fixed rule (no search); returns the smaller model and kept counts.
-    `data` and the keywords are those of `channel_importance`."""
+    `data` and the keywords are those of `channel_importance`; `latency` that of `apply_rule`."""
     chosen = [(k, v) for k, v in (("cr", cr), ("ratio", ratio), ("ratios", ratios)) if v is not None]
     if len(chosen) != 1:
         raise ConvslimError("give exactly one rule: cr, ratio or ratios")
@@ -89,7 +95,7 @@ def prune(model, data, *, cr=None, ratio=None, ratios=None, criterion="permutati
                              batch_size=batch_size, options=options, seed=seed, example_input=example_input,
                              ignored_layers=ignored_layers)
     rule, value = chosen[0]
-    return apply_rule(model, imp, rule, value, multiple=multiple)
+    return apply_rule(model, imp, rule, value, multiple=multiple, latency=latency)
 
 
 def kept_per_layer(model):

@@ -23,6 +23,7 @@ class ChannelGroup:
     size: int                       # channels in the group
     members: list = field(default_factory=list)  # (layer name, layer idxs, root idxs), Conv2d/Linear outputs
     tp_group: object = None         # torch-pruning's Group, for its importance classes
+    consumers: list = field(default_factory=list)  # (layer name, layer idxs, root idxs), Conv2d inputs
 
     @property
     def layers(self):
@@ -83,14 +84,17 @@ def coupled_groups(model, graph, ignored_layers=()):
             grouped.update(bound)
             continue
         root_module = tp_group[0].dep.target.module
-        members = []
+        members, consumers = [], []
         for item in tp_group:
             module = item.dep.target.module
+            entry = (names.get(module), [int(i) for i in item.idxs], [int(i) for i in item.root_idxs])
             if isinstance(module, (nn.Conv2d, nn.Linear)) and graph.is_out_channel_pruning_fn(item.dep.handler):
-                members.append((names[module], [int(i) for i in item.idxs], [int(i) for i in item.root_idxs]))
+                members.append(entry)
+            elif isinstance(module, nn.Conv2d) and graph.is_in_channel_pruning_fn(item.dep.handler):
+                consumers.append(entry)
         if members:
             groups.append(ChannelGroup(root=names[root_module], size=len(tp_group[0].idxs),
-                                       members=members, tp_group=tp_group))
+                                       members=members, tp_group=tp_group, consumers=consumers))
     if not groups:
         raise ConvslimError("the model has no prunable conv or linear channels")
     if grouped:
@@ -166,11 +170,17 @@ def keep_every_member(keep, group, p):
     return sorted(keep)
 
 
-def plan_removals(groups, contributions, rule, value, *, multiple=1):
+def keep_top(p, k):
+    """The k largest contributions' indices, sorted."""
+    return sorted(torch.argsort(p.double(), descending=True, stable=True)[:k].tolist())
+
+
+def plan_removals(groups, contributions, rule, value, *, multiple=1, snap=None):
     """Per group root, the channel indices to remove under one rule.
 
     rule: 'cr' (value = cumulative contribution rate), 'ratio' (one ratio for every group), or
     'ratios' (value = {layer name: ratio}, matched on the group root or any member layer).
+    `snap(group, k) -> k' >= k` moves a group's count to one the deployment engine runs fast.
     """
     removals, kept = {}, {}
     if rule == "ratios":
@@ -195,6 +205,8 @@ def plan_removals(groups, contributions, rule, value, *, multiple=1):
             keep = keep_ratio(p, ratio, multiple)
         else:
             raise ConvslimError(f"unknown rule {rule!r}")
+        if snap is not None:
+            keep = keep_top(p, max(len(keep), snap(g, len(keep))))
         keep = keep_every_member(keep, g, p)
         kept[g.root] = keep
         drop = sorted(set(range(g.size)) - set(keep))
