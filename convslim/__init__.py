@@ -15,6 +15,7 @@ from .data import load_data
 from .decomposition.auto import auto_decompose
 from .errors import ConvslimError
 from .export import export_onnx
+from .latency import LatencyTable, measure_model
 from .metrics import count, profile
 from .modelspec import build_model
 from .pruning.auto import auto_prune
@@ -27,5 +28,6 @@ from .train import TrainConfig, evaluate, fit, recalibrate_bn
 
 __all__ = ["ConvslimError", "PermutationOptions", "SearchConfig", "Task", "TrainConfig", "apply_rule",
            "auto_decompose", "auto_prune",
-           "build_model", "channel_importance", "count", "evaluate", "export_onnx", "fit", "load", "load_data",
+           "LatencyTable", "build_model", "channel_importance", "count", "evaluate", "export_onnx", "fit", "load",
+           "load_data", "measure_model",
            "profile", "prune", "ptq", "recalibrate_bn", "save", "select_output", "sparsify", "trainer"]

@@ -29,7 +29,7 @@ from .task import as_task
 from .train import TrainConfig, recalibrate_bn
 
 
-SEARCHES = ("thesis", "calibrated")
+SEARCHES = ("thesis", "calibrated", "progressive")
 
 
 @dataclass
@@ -43,7 +43,7 @@ class SearchConfig:
     batch_size: int = 128
     distill: bool = False          # final fine-tune learns from the original model (KD)
     multiple: int = 1              # round channel counts up to a multiple (hardware)
-    search: str = "thesis"         # thesis (bisection on probe readings) | calibrated (gap-corrected, verified)
+    search: str = "thesis"         # thesis (bisection on probe readings) | calibrated | progressive (see README)
     verify_epochs: float = None    # calibrated: fine-tune per verification (default final_epochs / 4)
     seed: int = 0
     device: str = "auto"
@@ -177,7 +177,11 @@ def budget_search(model, task, cfg, make, *, key, header, teacher=None, log_path
             return fresh.pop(value)
         return recover(make(value)[0], task, cfg)
 
-    strategy = thesis_search if cfg.search == "thesis" else calibrated_search
+    strategies = {"thesis": thesis_search, "calibrated": calibrated_search}
+    if cfg.search not in strategies:
+        raise ConvslimError(f"the {cfg.search} search is the pruner's own (auto_prune); this search takes "
+                            f"{' or '.join(strategies)}")
+    strategy = strategies[cfg.search]
     chosen = strategy(probe, candidate, task, cfg, log, key, base_val, done, say)
     best = None
     if chosen is not None and log.candidate_path and log.candidate_path.exists() and not chosen.get("_fresh"):

@@ -299,3 +299,42 @@ def test_a_stop_in_the_final_fine_tune_resumes_to_the_same_model(digits, tmp_pat
     resumed, _ = convslim.auto_prune(model, digits, cfg, log_path=tmp_path / "b.json", progress=False)
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_progressive_search_compounds_steps_within_the_epoch_budget_and_resumes(digits, tmp_path):
+    model = copy.deepcopy(trained_model(digits))
+    cfg = convslim.SearchConfig(max_acc_loss=3.0, probe_epochs=0.5, final_epochs=3, lr=0.02, batch_size=64,
+                                device="cpu", search="progressive")
+    log = tmp_path / "search.json"
+    lines = []
+
+    def stop_after_two(msg):
+        lines.append(msg)
+        if msg.startswith("step 2"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        convslim.auto_prune(model, digits, cfg, log_path=log, echo=stop_after_two, progress=True)
+    assert len(json.loads(log.read_text())["probes"]) == 2
+    best, summary = convslim.auto_prune(model, digits, cfg, log_path=log, progress=False)
+    steps = json.loads(log.read_text())["probes"]
+    assert summary["search_epochs"] == sum(s["epochs"] for s in steps) <= cfg.final_epochs
+    assert summary["search_epochs"] > cfg.final_epochs - 0.5               # stopped when the next step would not fit
+    base, flops, share = summary["base_val_acc"], summary["base_flops"], 0.25
+    for s in steps:
+        readings = s["readings"]
+        assert s["epochs"] == 0.5 * len(readings) and len(readings) <= 3 and s["val_acc"] == readings[-1]
+        for before, after in zip(readings, readings[1:]):                  # more recovery only while below the
+            assert before + 3.0 < base                                      # budget, and only while improving
+        assert all(a < b for a, b in zip(readings[:-2], readings[1:-1]))
+        assert s["share"] == share and (s["decision"] == "keep") == (s["val_acc"] + 3.0 >= base and s["flops"] < flops)
+        if s["decision"] == "keep":
+            assert s["flops"] <= (1 - share / 2) * flops       # each kept step removes its share of the current model
+            flops = s["flops"]
+        else:
+            share /= 2                                        # a failed step is undone and the step halved
+    kept = [s for s in steps if s["decision"] == "keep"]
+    assert kept and summary["flops"] == kept[-1]["flops"] and summary["pruned"]
+    reloaded = convslim.load(log.with_name(log.name + ".candidate.pt"))
+    assert convslim.count(reloaded, torch.randn(1, 1, 8, 8))["flops"] == summary["flops"]
+    assert best(torch.randn(2, 1, 8, 8)).shape == (2, 10)

@@ -7,6 +7,7 @@ from ..budget import SearchConfig
 from ..checkpoint import example_input, record_of, save
 from ..errors import ConvslimError
 from ..metrics import count
+from .latency import add_latency_args, report_latency
 from .common import (add_data_args, add_model_args, float_range, fraction, int_range, non_negative, open_data,
                      open_model, open_model_and_data, positive, positive_int, settings, write_json)
 
@@ -186,6 +187,7 @@ def cmd_decompose(args):
     save(slim, args.out, decompose={"method": args.method, "energy": summary.get(
         "chosen_energy", args.energy), "test_acc": summary.get("test_acc")})
     print(f"saved {args.out}")
+    report_latency(model, slim, args, summary)
     _finish(args, summary, lambda r: report_section(r, summary))
 
 
@@ -215,6 +217,8 @@ def cmd_sparsify(args):
     print(f"zeros: {100 * summary['sparsity']:.1f}% of conv/linear weights ({cfg.scope}); on disk: dense "
           f"{size['dense_bytes'] / 1024:.1f} KiB, CSR {size['csr_bytes'] / 1024:.1f} KiB "
           f"({size['dense_bytes'] / size['csr_bytes']:.2f}x smaller); FLOPs unchanged on dense kernels")
+    summary.update(base_flops=count(model, example_input(model))["flops"], flops=count(sparse, example_input(sparse))["flops"])
+    report_latency(model, sparse, args, summary)
     meta = {"sparsity": summary["sparsity"], "scope": cfg.scope, "test_acc": summary.get("test_acc")}
     if args.out:
         save(sparse, args.out, sparsify=meta)
@@ -252,6 +256,7 @@ def cmd_convert(args):
     save(student, args.out, convert={"to": args.to, "test_acc": summary["test"]})
     print(f"test top-1 {summary['base_test']:.2f}% -> {summary['test']:.2f}%, params {bp:,} -> {sp:,}, "
           f"FLOPs {bf:,} -> {sf:,}")
+    report_latency(model, student, args, summary)
     print(f"saved {args.out}")
     _finish(args, summary, lambda r: report_section(r, rows, summary))
 
@@ -303,6 +308,7 @@ def register(sub):
     p.add_argument("--out", required=True)
     p.add_argument("--json")
     p.add_argument("--report")
+    add_latency_args(p, aware=False)
     p.set_defaults(func=cmd_decompose)
 
     p = sub.add_parser("sparsify", help="unstructured magnitude pruning with CSR storage")
@@ -321,6 +327,7 @@ def register(sub):
     p.add_argument("--csr", help="the sparse model in CSR storage")
     p.add_argument("--json")
     p.add_argument("--report")
+    add_latency_args(p, aware=False)
     p.set_defaults(func=cmd_sparsify)
 
     p = sub.add_parser("convert", help="replace conv layers by separable or Ghost modules, train by KD")
@@ -336,6 +343,7 @@ def register(sub):
     p.add_argument("--out", required=True)
     p.add_argument("--json")
     p.add_argument("--report")
+    add_latency_args(p, aware=False)
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("compare", help="per conv layer: params and FLOPs as is, as separable, as Ghost")

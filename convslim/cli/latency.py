@@ -48,8 +48,9 @@ def report_latency(base, slim, args, summary):
                                  threads=args.threads)
         rows.append({"engine": args.engine, "batch": batch, "threads": args.threads, "base_ms": base_ms, "ms": ms,
                      "speedup": base_ms / ms})
+        speed = f"{base_ms / ms:.2f}x faster" if ms <= base_ms else f"{ms / base_ms:.2f}x SLOWER"
         print(f"latency ({args.engine}, batch {batch}, {args.threads} thread{'s' if args.threads > 1 else ''}): "
-              f"{base_ms:.3f} -> {ms:.3f} ms, {base_ms / ms:.2f}x faster at {flops_ratio:.2f}x fewer FLOPs "
+              f"{base_ms:.3f} -> {ms:.3f} ms, {speed} at {flops_ratio:.2f}x fewer FLOPs "
               f"(speed-up / FLOPs ratio {base_ms / ms / flops_ratio:.2f})")
     summary.update(latency=rows, flops_ratio=flops_ratio)
 

@@ -125,8 +125,11 @@ def cmd_auto(args):
                 f"{target[1]:g}{' of the original' if target[1] <= 1 else ''} {target[0]}")
         print(f"pruning to at most {what}, then {cfg.final_epochs:g} epochs of fine-tuning")
     else:
-        print(f"searching cr in [0, 1] to within {cfg.min_interval} ({cfg.search} search), "
-              f"budget {cfg.max_acc_loss} points on the validation split; log {log}")
+        how = (f"steps that each remove a share of the current FLOPs, {cfg.probe_epochs:g} epochs each, at most "
+               f"{cfg.final_epochs:g} epochs in all" if cfg.search == "progressive" else
+               f"cr in [0, 1] to within {cfg.min_interval}")
+        print(f"searching {how} ({cfg.search} search), budget {cfg.max_acc_loss} points on the validation split; "
+              f"log {log}")
     print(f"scoring channel importance ({args.criterion}) on {args.calib_batches} training batches", flush=True)
     imp = channel_importance(model, splits, criterion=args.criterion, calib_batches=args.calib_batches,
                              options=options_from(args), seed=args.seed, ignored_layers=args.ignore)

@@ -9,7 +9,8 @@ from ..errors import ConvslimError
 from ..latency import measure_model
 from ..metrics import count
 from .latency_aware import LatencySnap
-from .prune import apply_rule, channel_importance, kept_per_layer
+from .progressive import progressive_search
+from .prune import apply_rule, channel_importance, cr_for_target, kept_per_layer
 
 __all__ = ["SearchConfig", "auto_prune"]
 
@@ -50,6 +51,14 @@ def auto_prune(model, data=None, cfg=None, *, example_input=None, evaluate=None,
     if target is not None:
         return prune_to_target(model, imp, task, cfg, target, teacher, snap, echo)
     header = {"model": model_id, "criterion": imp.criterion, "options": imp.options}
+    if cfg.search == "progressive":
+        def score(current):          # the first step reuses the scores given; later ones score the smaller model
+            return imp if current is model else channel_importance(
+                current, data if data is not None and batches is None else task, criterion=imp.criterion,
+                calib_batches=calib_batches, options=options, seed=cfg.seed, ignored_layers=ignored_layers)
+        return progressive_search(model, task, cfg, score, header={**header, "config": dataclasses.asdict(cfg)},
+                                  teacher=teacher, log_path=log_path, settings=settings, snap=snap,
+                                  progress=progress, echo=echo)
     best, summary, _ = budget_search(model, task, cfg, make, key="cr", header=header, teacher=teacher,
                                      log_path=log_path, progress=progress, echo=echo,
                                      settings=settings)
@@ -65,22 +74,6 @@ def target_count(target, base_counts):
     if not value > 0:
         raise ConvslimError(f"target {metric} must be positive, got {value}")
     return metric, value * base_counts[metric] if value <= 1 else value
-
-
-def cr_for_target(size, goal, *, what="flops", steps=16):
-    """The largest cr (the least pruning) whose model's `size(cr)` is at most `goal`: counted or
-    predicted, nothing trained. Size grows with cr, so a bisection finds it."""
-    if size(1.0) <= goal:
-        return 1.0
-    smallest = size(0.0)
-    if smallest > goal:
-        raise ConvslimError(f"no pruned model has {goal:,.4g} {what} or less: the smallest convslim can make "
-                            f"keeps one channel per group and has {smallest:,.4g}")
-    lo, hi = 0.0, 1.0
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if size(mid) <= goal else (lo, mid)
-    return lo
 
 
 def cr_for_latency(model, imp, cfg, snap, goal_ms, echo, step=1 / 32, tries=32):

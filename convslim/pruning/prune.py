@@ -84,6 +84,22 @@ def apply_rule(model, importance, rule, value, *, multiple=1, latency=None):
     return slim.eval(), {root: len(k) for root, k in kept.items()}
 
 
+def cr_for_target(size, goal, *, what="flops", steps=16):
+    """The largest cr (the least pruning) whose model's `size(cr)` is at most `goal`: counted or
+    predicted, nothing trained. Size grows with cr, so a bisection finds it."""
+    if size(1.0) <= goal:
+        return 1.0
+    smallest = size(0.0)
+    if smallest > goal:
+        raise ConvslimError(f"no pruned model has {goal:,.4g} {what} or less: the smallest convslim can make "
+                            f"keeps one channel per group and has {smallest:,.4g}")
+    lo, hi = 0.0, 1.0
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if size(mid) <= goal else (lo, mid)
+    return lo
+
+
 def prune(model, data, *, cr=None, ratio=None, ratios=None, criterion="permutation", calib_batches=4,
           batch_size=64, options=None, multiple=1, seed=0, example_input=None, ignored_layers=(), latency=None):
     """Prune once with one fixed rule (no search); returns the smaller model and kept counts.

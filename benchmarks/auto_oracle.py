@@ -1,0 +1,187 @@
+"""Issue 12's table, "auto against the oracle": how much of the compression a model can bear does
+each search find within its accuracy budget, and at what cost in epochs?
+
+The oracle: every cr of a grid (step 0.05) pruned from the base, given the same final fine-tune as
+auto's final model, and accepted when its validation score is within the budget; the oracle's
+answer is the most compressed accepted point (its test change is reported too). Against it: the
+thesis's bisection and the progressive search (and the calibrated one), each run as `auto_prune` with
+the same final fine-tune, several seeds. Every run is cached in results/auto_oracle/<model>.json as it
+finishes; a stopped run resumes. Run from benchmarks/:
+
+    python auto_oracle.py --model digits --seeds 0,1,2              # the demo's model: width 2
+    python auto_oracle.py --model ../../shared/bases/resnet20-cifar10-70ep.pt --final-epochs 5 --probe-epochs 0.5
+    python auto_oracle.py --render
+"""
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import convslim
+from convslim.binding import data_for
+from convslim.budget import SearchConfig, flops_params, recover, task_for
+from convslim.checkpoint import example_input
+from convslim.data import load_data
+from convslim.fileio import write_text_atomic
+from convslim.metrics import count
+from convslim.pruning.prune import apply_rule, channel_importance
+from convslim.train import TrainConfig, evaluate, fit
+from common import CIFAR, RESULTS, git_commit, machine, markdown_table
+
+CACHE = RESULTS / "auto_oracle"
+SEARCHES = ("thesis", "progressive", "calibrated")
+
+
+class Cache:
+    def __init__(self, name):
+        self.path = CACHE / f"{name}.json"
+        old = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.runs, self.commands = old.get("runs", {}), old.get("commands", [])
+
+    def put(self, key, record):
+        self.runs[key] = record
+        line = " ".join(["python auto_oracle.py", *sys.argv[1:]])
+        if line not in self.commands:
+            self.commands.append(line)
+        CACHE.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.path, json.dumps({"machine": machine(), "commit": git_commit(),
+                                                 "commands": self.commands, "runs": self.runs}, indent=1))
+        print(f"  {key}: " + ", ".join(f"{k} {v:.2f}" for k, v in record.items() if isinstance(v, float)), flush=True)
+
+
+def base_model(spec, args):
+    """digits: a digits_resnet of --width trained as the demo trains it (15 epochs); else a saved .pt."""
+    if spec == "digits":
+        splits = load_data("digits", seed=0, val_fraction=args.val_fraction)
+        name = f"digits-w{args.width:g}-val{args.val_fraction:g}"
+        path = Path(__file__).resolve().parents[1] / "runs" / f"auto_oracle_{name}.pt"
+        if not path.exists():
+            import torch
+            torch.manual_seed(0)
+            model = convslim.build_model("digits_resnet", num_classes=10, in_channels=1, input_shape=[1, 8, 8],
+                                         width=args.width)
+            fit(model, splits, TrainConfig(epochs=15, lr=0.05, batch_size=64, progress=False, device="cpu"))
+            convslim.save(model, path)
+        return convslim.load(path), splits, name
+    model = convslim.load(spec)
+    return model, data_for(model, f"cifar10:{CIFAR}"), Path(spec).stem
+
+
+def run_oracle(model, splits, name, args, cache, seed):
+    imp = channel_importance(model, splits, seed=0)
+    base_val = evaluate(model, splits, "val")["top1"]
+    for i in range(1, 20):
+        cr = round(i * 0.05, 2)
+        key = f"oracle|cr {cr:.2f}|seed {seed}"
+        if key in cache.runs:
+            continue
+        t0 = time.perf_counter()
+        slim, _ = apply_rule(model, imp, "cr", cr)
+        cfg = SearchConfig(probe_epochs=0, lr=args.lr, batch_size=args.batch_size, seed=seed, device=args.device)
+        recover(slim, task_for(splits, cfg), cfg)
+        fit(slim, splits, TrainConfig(epochs=args.final_epochs, lr=args.lr, batch_size=args.batch_size, seed=seed,
+                                      device=args.device, progress=False), validate=False)
+        val, test = evaluate(slim, splits, "val")["top1"], evaluate(slim, splits, "test")["top1"]
+        cache.put(key, {"kind": "oracle", "cr": cr, "seed": seed, "val": val, "test": test, "base_val": base_val,
+                        "accepted": val + args.max_acc_loss >= base_val, "epochs": args.final_epochs,
+                        "seconds": time.perf_counter() - t0,
+                        **flops_params(count(model, example_input(model)), count(slim, example_input(slim)))})
+
+
+def run_search(model, splits, name, args, cache, search, seed):
+    key = f"{search}|probe {args.probe_epochs:g}|seed {seed}"
+    if key in cache.runs:
+        return
+    cfg = SearchConfig(max_acc_loss=args.max_acc_loss, probe_epochs=args.probe_epochs, final_epochs=args.final_epochs,
+                       lr=args.lr, batch_size=args.batch_size, seed=seed, device=args.device, search=search)
+    t0 = time.perf_counter()
+    _, s = convslim.auto_prune(model, splits, cfg, progress=False)
+    cache.put(key, {"kind": search, "seed": seed, "probe_epochs": args.probe_epochs, "val": s["final_val_acc"],
+                    "base_val": s["base_val_acc"], "test": s["test_acc"], "base_test": s["base_test_acc"],
+                    "flops_reduction": s["flops_reduction"], "search_epochs": s["search_epochs"],
+                    "final_epochs": s["final_epochs"], "seconds": time.perf_counter() - t0})
+
+
+def span(values, fmt="{:.1f}"):
+    values = list(values)
+    if len(values) == 1:
+        return fmt.format(values[0])
+    return f"{fmt.format(statistics.mean(values))} [{fmt.format(min(values))}, {fmt.format(max(values))}]"
+
+
+def render():
+    lines = ["## 8. auto against the oracle (issue 12)\n",
+             "The **oracle**: every cr in 0.05..0.95 (step 0.05) pruned from the base, BatchNorm re-estimated and given "
+             "the same final fine-tune as auto's final model, accepted when its validation score is within the budget "
+             "(1 point); its answer is the most compressed accepted point. Against it, `auto` with the thesis's "
+             "bisection and with the progressive search. Cells: mean [min, max] over seeds (the seed of the fine-tunes "
+             "and, for the oracle, of its fine-tunes too). Share of oracle = the search's FLOPs reduction over the "
+             "oracle's, per seed. Epochs: the search's own, then the final fine-tune's.\n"]
+    for path in sorted(CACHE.glob("*.json")):
+        data = json.loads(path.read_text())
+        runs = list(data["runs"].values())
+        seeds = sorted({r["seed"] for r in runs})
+        oracle = {}
+        for seed in seeds:
+            pts = [r for r in runs if r["kind"] == "oracle" and r["seed"] == seed and r["accepted"]]
+            if pts:
+                oracle[seed] = max(pts, key=lambda r: r["flops_reduction"])
+        rows = []
+        if oracle:
+            o = list(oracle.values())
+            rows.append(["oracle (grid, step 0.05)", len(o), span(r["flops_reduction"] for r in o),
+                         span((r["test"] - base_test(runs) for r in o), "{:+.2f}"), "100%",
+                         f"{19 * o[0]['epochs']:g} (grid) + 0"])
+        for search in SEARCHES:
+            for probe in sorted({r.get("probe_epochs") for r in runs if r["kind"] == search}):
+                rs = [r for r in runs if r["kind"] == search and r["probe_epochs"] == probe]
+                share = [r["flops_reduction"] / oracle[r["seed"]]["flops_reduction"] for r in rs
+                         if r["seed"] in oracle and oracle[r["seed"]]["flops_reduction"] > 0]
+                rows.append([f"auto --search {search} (probe {probe:g} epochs)", len(rs),
+                             span(r["flops_reduction"] for r in rs), span((r["test"] - r["base_test"] for r in rs), "{:+.2f}"),
+                             span((100 * x for x in share), "{:.0f}%") if share else "-",
+                             f"{span((r['search_epochs'] for r in rs), '{:g}')} + {rs[0]['final_epochs']:g}"])
+        lines.append(f"### {path.stem}\n")
+        lines.append(markdown_table(["method", "seeds", "FLOPs reduction %", "test change (points)", "share of oracle",
+                                     "epochs (search + final)"], rows))
+        lines.append("\nMade by (in benchmarks/):\n\n" + "\n".join(f"    {c}" for c in data["commands"]) + "\n")
+    md = "\n".join(lines)
+    (RESULTS / "auto_oracle.md").write_text(md + "\n")
+    print(md)
+
+
+def base_test(runs):
+    tests = [r["base_test"] for r in runs if "base_test" in r]
+    return tests[0] if tests else float("nan")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", help="digits, or a saved .pt trained on CIFAR-10")
+    ap.add_argument("--render", action="store_true")
+    ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
+    ap.add_argument("--searches", type=lambda s: s.split(","), default=["thesis", "progressive"])
+    ap.add_argument("--probe-epochs", type=float, default=1.0)
+    ap.add_argument("--final-epochs", type=float, default=10.0)
+    ap.add_argument("--max-acc-loss", type=float, default=1.0)
+    ap.add_argument("--lr", type=float, default=0.01)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--val-fraction", type=float, default=0.25, help="digits: validation share of train")
+    ap.add_argument("--width", type=float, default=2.0, help="digits: width of the digits_resnet")
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    if args.render:
+        return render()
+    model, splits, name = base_model(args.model, args)
+    cache = Cache(f"{name}-final{args.final_epochs:g}")
+    for seed in args.seeds:
+        run_oracle(model, splits, name, args, cache, seed)
+        for search in args.searches:
+            run_search(model, splits, name, args, cache, search, seed)
+    render()
+
+
+if __name__ == "__main__":
+    main()
