@@ -89,7 +89,11 @@ def cmd_prune(args):
                 key = f"{name}|{level}x|{variant}"
                 if key in cache:
                     continue
-                (slim, kept), value = pruned(model, imp, variant, flops(model) / level, snap)
+                try:
+                    (slim, kept), value = pruned(model, imp, variant, flops(model) / level, snap)
+                except convslim.ConvslimError as exc:     # e.g. multiples of 16 cannot reach 3x on resnet20
+                    print(f"  {key}: unreachable: {exc}", flush=True)
+                    continue
                 t0 = time.perf_counter()
                 cfg = SearchConfig(probe_epochs=0, lr=args.lr, seed=0, device=args.device)
                 recover(slim, task_for(splits, cfg), cfg)

@@ -42,10 +42,13 @@ def report_latency(base, slim, args, summary):
     from ..latency import compare_ms
 
     flops_ratio = summary["base_flops"] / max(summary["flops"], 1)
+    if slim is base or (summary["flops"] == summary["base_flops"] and summary.get("pruned") is False):
+        print("latency: the model is unchanged, nothing to time")
+        return
     rows = []
     for batch in args.latency_batch:
         base_ms, ms = compare_ms([base, slim], record_of(base).input_shape, engine=args.engine, batch=batch,
-                                 threads=args.threads)
+                                 threads=args.threads, rounds=5)
         rows.append({"engine": args.engine, "batch": batch, "threads": args.threads, "base_ms": base_ms, "ms": ms,
                      "speedup": base_ms / ms})
         speed = f"{base_ms / ms:.2f}x faster" if ms <= base_ms else f"{ms / base_ms:.2f}x SLOWER"

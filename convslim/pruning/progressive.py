@@ -22,14 +22,17 @@ from ..budget import SearchLog, finish, fresh_base, recover
 from ..checkpoint import example_input, read, rebuild, save
 from ..device import device_of
 from ..metrics import count
+from .latency_aware import LatencySnap
 from .prune import apply_rule, cr_for_target, kept_per_layer
 
 
-def step_cr(model, imp, share, multiple):
-    """The cr on `model` whose pruned copy has about (1 - share) of its FLOPs (counted, not trained)."""
+def step_cr(model, imp, share, multiple, snap=None):
+    """The cr on `model` whose pruned copy has about (1 - share) of its FLOPs (counted, not trained),
+    with channel counts snapped as the step will snap them."""
     x = example_input(model)
     goal = (1 - share) * count(model, x)["flops"]
-    return cr_for_target(lambda v: count(apply_rule(model, imp, "cr", v, multiple=multiple)[0], x)["flops"], goal)
+    return cr_for_target(lambda v: count(apply_rule(model, imp, "cr", v, multiple=multiple, latency=snap)[0], x)["flops"],
+                         goal)
 
 
 def progressive_search(model, task, cfg, score, *, header, teacher=None, log_path=None, settings=None,
@@ -51,9 +54,9 @@ def progressive_search(model, task, cfg, score, *, header, teacher=None, log_pat
     while share >= min_share and spent + step_epochs <= cfg.final_epochs + 1e-9:
         t0 = time.perf_counter()
         imp = score(current)
-        cr = step_cr(current, imp, share, cfg.multiple)
-        cand, kept = apply_rule(current, imp, "cr", cr, multiple=cfg.multiple,
-                                latency=snap)
+        fast = LatencySnap(current, imp.groups, snap.tables) if snap is not None else None   # the current widths
+        cr = step_cr(current, imp, share, cfg.multiple, fast)
+        cand, kept = apply_rule(current, imp, "cr", cr, multiple=cfg.multiple, latency=fast)
         recover(cand, task, cfg)
         spent += cfg.probe_epochs
         readings = [float(task.evaluate(cand))]
