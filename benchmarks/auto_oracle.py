@@ -15,7 +15,6 @@ finishes; a stopped run resumes. Run from benchmarks/:
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -24,31 +23,17 @@ from convslim.binding import data_for
 from convslim.budget import SearchConfig, flops_params, recover, task_for
 from convslim.checkpoint import example_input
 from convslim.data import load_data
-from convslim.fileio import write_text_atomic
 from convslim.metrics import count
 from convslim.pruning.prune import apply_rule, channel_importance
 from convslim.train import TrainConfig, evaluate, fit
-from common import CIFAR, RESULTS, git_commit, machine, markdown_table
+from common import CIFAR, RESULTS, RunCache, markdown_table
 
 CACHE = RESULTS / "auto_oracle"
 SEARCHES = ("thesis", "progressive", "calibrated")
 
 
-class Cache:
-    def __init__(self, name):
-        self.path = CACHE / f"{name}.json"
-        old = json.loads(self.path.read_text()) if self.path.exists() else {}
-        self.runs, self.commands = old.get("runs", {}), old.get("commands", [])
-
-    def put(self, key, record):
-        self.runs[key] = record
-        line = " ".join(["python auto_oracle.py", *sys.argv[1:]])
-        if line not in self.commands:
-            self.commands.append(line)
-        CACHE.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.path, json.dumps({"machine": machine(), "commit": git_commit(),
-                                                 "commands": self.commands, "runs": self.runs}, indent=1))
-        print(f"  {key}: " + ", ".join(f"{k} {v:.2f}" for k, v in record.items() if isinstance(v, float)), flush=True)
+def Cache(name):
+    return RunCache(CACHE / f"{name}.json", "auto_oracle.py")
 
 
 def base_model(spec, args):

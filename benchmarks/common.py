@@ -2,6 +2,7 @@
 import json
 import platform
 import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -43,3 +44,28 @@ def write_results(name, payload, markdown):
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2))
     (RESULTS / f"{name}.md").write_text(markdown + "\n")
     print(markdown)
+
+
+class RunCache:
+    """One table's finished runs, {key: record}, with the command lines that made them; rewritten
+    atomically after every run, so a stopped benchmark resumes where it was."""
+
+    def __init__(self, path, script):
+        from convslim.fileio import write_text_atomic
+
+        self.path, self.script, self._write = Path(path), script, write_text_atomic
+        old = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.runs, self.commands = old.get("runs", {}), old.get("commands", [])
+
+    def __contains__(self, key):
+        return key in self.runs
+
+    def put(self, key, record):
+        self.runs[key] = record
+        line = " ".join([f"python {self.script}", *sys.argv[1:]])
+        if line not in self.commands:
+            self.commands.append(line)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._write(self.path, json.dumps({"machine": machine(), "commit": git_commit(),
+                                           "commands": self.commands, "runs": self.runs}, indent=1))
+        print(f"  {key}: " + ", ".join(f"{k} {v:.3f}" for k, v in record.items() if isinstance(v, float)), flush=True)

@@ -10,8 +10,6 @@ results/latency_pruning/*.json as it finishes, so a stopped run resumes. Run fro
     python latency_pruning.py render
 """
 import argparse
-import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,7 +18,6 @@ import convslim
 from convslim.binding import data_for
 from convslim.budget import SearchConfig, flops_params, recover, task_for
 from convslim.checkpoint import example_input, record_of
-from convslim.fileio import write_text_atomic
 from convslim.latency import LatencyTable, compare_ms, measure_onnx
 from convslim.metrics import alternating, count
 from convslim.pruning.auto import cr_for_target
@@ -28,7 +25,7 @@ from convslim.pruning.latency_aware import LatencySnap
 from convslim.pruning.prune import apply_rule, channel_importance
 from convslim.quantization.methods import int8_onnx
 from convslim.train import TrainConfig, evaluate, fit
-from common import CIFAR, RESULTS, git_commit, machine, markdown_table
+from common import CIFAR, RESULTS, RunCache, markdown_table
 
 CACHE = RESULTS / "latency_pruning"
 MODELS = Path(__file__).resolve().parents[1] / "runs" / "latency_pruning"     # pruned models (not committed)
@@ -37,24 +34,8 @@ VARIANTS = ("flops only", "multiple 8", "multiple 16", "latency-aware", "uniform
 BATCHES = (1, 64)
 
 
-class Cache:
-    def __init__(self, table):
-        self.path = CACHE / f"{table}.json"
-        old = json.loads(self.path.read_text()) if self.path.exists() else {}
-        self.runs, self.commands = old.get("runs", {}), old.get("commands", [])
-
-    def __contains__(self, key):
-        return key in self.runs
-
-    def put(self, key, record):
-        self.runs[key] = record
-        line = " ".join(["python latency_pruning.py", *sys.argv[1:]])
-        if line not in self.commands:
-            self.commands.append(line)
-        CACHE.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.path, json.dumps({"machine": machine(), "commit": git_commit(),
-                                                 "commands": self.commands, "runs": self.runs}, indent=1))
-        print(f"  {key}: " + ", ".join(f"{k} {v:.3f}" for k, v in record.items() if isinstance(v, float)), flush=True)
+def Cache(name):
+    return RunCache(CACHE / f"{name}.json", "latency_pruning.py")
 
 
 def flops(model):

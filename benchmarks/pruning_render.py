@@ -240,7 +240,9 @@ def render():
         "seeds column says how many each mean has. No verdict until all three seeds are in.\n\n" + recovery_md,
         "## 2. Criteria at matched FLOPs (short budget: how fast each criterion recovers)\n\n" + crit_md
         + "\n\n![criteria](results/pruning/criteria.png)",
-        ablation_tables(abl, base), auto_table(auto), speed_table(speed), proxy_md])
+        ablation_tables(abl, base), auto_table(auto), speed_table(speed), proxy_md,
+        *[(RESULTS / f"{name}.md").read_text().strip() for name in ("latency_pruning", "auto_oracle")
+          if (RESULTS / f"{name}.md").exists()]])
     OUT.write_text(md + "\n")
     (RESULTS / "pruning.json").write_text(json.dumps({"machine": machine(), "commit": git_commit(), "base": base,
                                                       "criteria": crit, "ablations": abl, "auto": auto,

@@ -19,8 +19,6 @@ import json
 import math
 import os
 import platform
-import statistics
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -31,6 +29,7 @@ from torch import nn
 from .errors import ConvslimError
 from .fileio import write_text_atomic
 from .hooks import run_with_hooks
+from .metrics import median_ms
 
 ENGINES = ("ort", "torch")
 
@@ -113,17 +112,6 @@ def _onnx_block(shape, c_in, c_out, chain=1):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
 
 
-def _median_ms(run, warmup, repeats):
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
-
-
 def measure_block(shape, c_in, c_out, *, engine="ort", batch=1, threads=1, warmup=3, repeats=15, chain=1):
     """Median ms of one conv + BN + ReLU block (or `chain` square ones in a row) on `engine` at
     `batch`, with `threads` threads."""
@@ -134,7 +122,7 @@ def measure_block(shape, c_in, c_out, *, engine="ort", batch=1, threads=1, warmu
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
         sess = ort.InferenceSession(_onnx_block(shape, c_in, c_out, chain), opts, providers=["CPUExecutionProvider"])
-        return _median_ms(lambda: sess.run(None, {"x": x}), warmup, repeats)
+        return median_ms(lambda: sess.run(None, {"x": x}), warmup, repeats)
     if engine == "torch":
         block = nn.Sequential(*[nn.Sequential(
             nn.Conv2d(c_in, c_out, shape.kernel, shape.stride, shape.padding, shape.dilation,
@@ -145,7 +133,7 @@ def measure_block(shape, c_in, c_out, *, engine="ort", batch=1, threads=1, warmu
         try:
             with torch.inference_mode():
                 xt = torch.from_numpy(x)
-                return _median_ms(lambda: block(xt), warmup, repeats)
+                return median_ms(lambda: block(xt), warmup, repeats)
         finally:
             torch.set_num_threads(before)
     raise ConvslimError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
@@ -324,7 +312,7 @@ def measure_model(model, input_shape, *, engine="ort", batch=1, threads=1, warmu
         torch.set_num_threads(threads)
         try:
             with torch.inference_mode():
-                return _median_ms(lambda: model(x), warmup, repeats)
+                return median_ms(lambda: model(x), warmup, repeats)
         finally:
             torch.set_num_threads(before)
     if engine != "ort":
@@ -342,7 +330,7 @@ def measure_onnx(path, input_shape, *, batch=1, threads=1, warmup=5, repeats=30)
     x = torch.randn(batch, *input_shape, generator=torch.Generator().manual_seed(0))
     sess = ort_session(path, threads=threads)
     feed = {sess.get_inputs()[0].name: x.numpy()}
-    return _median_ms(lambda: sess.run(None, feed), warmup, repeats)
+    return median_ms(lambda: sess.run(None, feed), warmup, repeats)
 
 
 def compare_ms(models, input_shape, *, engine="ort", batch=1, threads=1, repeats=30, rounds=3):

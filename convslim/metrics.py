@@ -69,7 +69,8 @@ def state_dict_bytes(model):
     return buf.getbuffer().nbytes
 
 
-def _median_ms(fn, warmup, repeats):
+def median_ms(fn, warmup, repeats):
+    """Median wall time of fn() in ms over `repeats` runs after `warmup` runs."""
     for _ in range(warmup):
         fn()
     times = []
@@ -83,13 +84,13 @@ def _median_ms(fn, warmup, repeats):
 def torch_latency_ms(model, example, *, warmup=5, repeats=20):
     model = model.eval()
     with torch.inference_mode():
-        return _median_ms(lambda: model(example), warmup, repeats)
+        return median_ms(lambda: model(example), warmup, repeats)
 
 
 def ort_latency_ms(onnx_path, example, *, warmup=5, repeats=20):
     sess = ort_session(onnx_path)
     feed = {sess.get_inputs()[0].name: example.numpy().astype(np.float32)}
-    return _median_ms(lambda: sess.run(None, feed), warmup, repeats)
+    return median_ms(lambda: sess.run(None, feed), warmup, repeats)
 
 
 def latency(model, input_shape, *, batches=(1, 64), warmup=5, repeats=20, onnx=True):

@@ -133,3 +133,15 @@ def test_auto_target_latency_meets_a_measured_target(digits, tmp_path, monkeypat
     assert main(["auto", "--model", str(base), "--data", "digits", "--target-latency", "1e-6", "--engine", "torch",
                  "--final-epochs", "0", "--out", str(tmp_path / "never.pt")]) == 2
     assert not (tmp_path / "never.pt").exists()
+
+
+def test_your_own_snap_rule_is_taken(digits):
+    """A user who knows the hardware passes snap(group, k) -> count directly."""
+    model = trained_model(digits)
+    imp = convslim.channel_importance(model, digits)
+    eights = lambda group, k: min(group.size, -(-k // 8) * 8)      # noqa: E731
+    slim, kept = convslim.apply_rule(model, imp, "cr", 0.6, latency=eights)
+    plain = convslim.apply_rule(model, imp, "cr", 0.6)[1]
+    assert all(k % 8 == 0 or k == imp.channels()[root] for root, k in kept.items())
+    assert all(kept[root] >= plain[root] for root in kept) and kept != plain
+    assert slim(torch.randn(2, 1, 8, 8)).shape == (2, 10)

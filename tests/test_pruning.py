@@ -117,6 +117,14 @@ def test_every_criterion_scores_every_group(criterion, digits, device):
 
 _trained = {}
 
+def interrupt_at(prefix, lines):
+    """An echo that records lines and raises KeyboardInterrupt at the first starting with prefix."""
+    def echo(msg):
+        lines.append(msg)
+        if msg.startswith(prefix):
+            raise KeyboardInterrupt
+    return echo
+
 
 def trained_model(digits):
     if "m" not in _trained:
@@ -134,14 +142,8 @@ def test_auto_prune_stays_in_budget_logs_and_resumes(digits, tmp_path, device):
                                 batch_size=64, device=device)
     log = tmp_path / "search.json"
     lines = []
-
-    def stop_after_two(msg):
-        lines.append(msg)
-        if msg.startswith("probe 2"):
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        convslim.auto_prune(model, digits, cfg, log_path=log, echo=stop_after_two)
+        convslim.auto_prune(model, digits, cfg, log_path=log, echo=interrupt_at("probe 2", lines))
     assert len(json.loads(log.read_text())["probes"]) == 2
     best, summary = convslim.auto_prune(model, digits, cfg, log_path=log, echo=lines.append)
     assert any(line.startswith("resuming") for line in lines)
@@ -306,15 +308,8 @@ def test_progressive_search_compounds_steps_within_the_epoch_budget_and_resumes(
     cfg = convslim.SearchConfig(max_acc_loss=3.0, probe_epochs=0.5, final_epochs=3, lr=0.02, batch_size=64,
                                 device="cpu", search="progressive")
     log = tmp_path / "search.json"
-    lines = []
-
-    def stop_after_two(msg):
-        lines.append(msg)
-        if msg.startswith("step 2"):
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        convslim.auto_prune(model, digits, cfg, log_path=log, echo=stop_after_two, progress=True)
+        convslim.auto_prune(model, digits, cfg, log_path=log, echo=interrupt_at("step 2", []), progress=True)
     assert len(json.loads(log.read_text())["probes"]) == 2
     best, summary = convslim.auto_prune(model, digits, cfg, log_path=log, progress=False)
     steps = json.loads(log.read_text())["probes"]

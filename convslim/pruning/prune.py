@@ -69,12 +69,13 @@ def channel_importance(model, data, *, criterion="permutation", calib_batches=4,
 
 def apply_rule(model, importance, rule, value, *, multiple=1, latency=None):
     """A pruned copy of `model` (on the model's device) plus the channels kept per group; the
-    original is untouched. `latency` (a LatencyTable, several, or a LatencySnap built once for
-    many calls) moves each group's count up to one the deployment engine runs fast."""
+    original is untouched. `latency` (a LatencyTable, several, a LatencySnap built once for many
+    calls, or your own `snap(group, k) -> count >= k`) moves each group's count up to one the
+    deployment engine runs fast."""
     snap = None
     if latency is not None:
         from .latency_aware import LatencySnap
-        snap = latency if isinstance(latency, LatencySnap) else LatencySnap(model, importance.groups, latency)
+        snap = latency if callable(latency) else LatencySnap(model, importance.groups, latency)
     removals, kept = plan_removals(importance.groups, importance.contributions, rule, value, multiple=multiple,
                                    snap=snap)
     slim = copy.deepcopy(model)
