@@ -193,6 +193,17 @@ CASES = [
     _case("prune", "--model", M, *D, "--config", "{w}/r.json", "--out", "o.pt", msg="no option 'body.0'"),
     _case("eval", "--model", M, *D, "--config", M, msg="not JSON or YAML"),
     _case("auto", "--model", M, *D, "--config", W, "--out", "o.pt", msg="is a folder"),
+    # latency
+    _case("prune", "--model", M, *D, "--cr", "0.8", "--threads", "0", "--out", "o.pt", msg="--threads"),
+    _case("prune", "--model", M, *D, "--cr", "0.8", "--engine", "tensorrt", "--out", "o.pt", msg="--engine"),
+    _case("prune", "--model", M, *D, "--cr", "0.8", "--latency-batch", "1,x", "--out", "o.pt", msg="--latency-batch"),
+    _case("auto", "--model", M, *D, "--target-latency", "-1", "--out", "o.pt", msg="--target-latency"),
+    _case("auto", "--model", M, *D, "--target-latency", "1", "--target-flops", "0.5", "--out", "o.pt",
+          msg="not allowed with"),
+    _case("auto", "--model", M, *D, "--search", "greedy", "--out", "o.pt", msg="--search"),
+    _case("latency", "--model", M, "--plot", M, msg="is also an input"),
+    _case("latency", "--model", M, "--plot", "{w}/p.svg", msg="--plot must end in .png"),
+    _case("latency", "--model", M, "--top", "0", msg="--top"),
 ]
 
 
