@@ -58,8 +58,9 @@ def report_latency(base, slim, args, summary):
     summary.update(latency=rows, flops_ratio=flops_ratio)
 
 
-def step_edges(curve, jump=0.05):
-    """Counts after which the time jumps by more than `jump`: the fast ends of the steps."""
+def step_edges(curve, jump=0.15):
+    """Counts after which the time jumps by more than `jump` (timing noise on a shared machine is
+    a few percent): the fast ends of the steps."""
     counts = sorted(curve)
     return [c for c, nxt in zip(counts, counts[1:]) if curve[nxt] > curve[c] * (1 + jump)]
 
@@ -114,7 +115,10 @@ def plot_curves(result, path, top):
     batches = list(result["batches"].items())
     fig, axes = plt.subplots(len(batches), top, figsize=(3.2 * top, 2.8 * len(batches)), squeeze=False)
     for row, (batch, data) in zip(axes, batches):
-        worst = sorted(data["layers"], key=lambda r: -r["ms"])[:top]
+        distinct = {}           # layers of one shape and width have one curve: plot it once
+        for r in sorted(data["layers"], key=lambda r: -r["ms"]):
+            distinct.setdefault((r["in"], r["out"], tuple(r["input_size"]), tuple(r["out_curve"].items())), r)
+        worst = list(distinct.values())[:top]
         for ax, r in zip(row, worst):
             for side, style in (("out_curve", "-"), ("in_curve", "--")):
                 curve = r[side]
