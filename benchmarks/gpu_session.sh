@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine (the device tool), about 9 minutes, for issue 13:
+#  1. the CUDA path as a user meets it: ./scripts/test (the `device` fixture repeats tests on CUDA),
+#     ./scripts/demo (auto-detects CUDA), torchrun with nccl and bf16 autocast;
+#  2. resnet20 on CIFAR-10: a recipe ablation (label smoothing, weight decay, lr, validation hold-out,
+#     epochs) and the JPEG ablation (the data re-encoded at quality 75, 95 and 50), all side by side
+#     on the one GPU, plus a longer base run.
+# Run from the repo root with $OUT set and .whl/ (torch-pruning and tensorly wheels) and
+# .gpu/cifar10-jpeg.tar.gz carried:   bash benchmarks/gpu_session.sh
+# Leaves $OUT/summary.txt and $OUT/res.tar.gz (logs, each run's JSON, the base run's model or state).
+# Every training run uses --resume, so one stopped at the deadline can be continued elsewhere.
+set -u
+START=$(date +%s)
+END=${END:-550}                 # seconds after START when whatever still runs is stopped and packed
+EPOCHS=${EPOCHS:-30}            # each ablation arm
+BASE_EPOCHS=${BASE_EPOCHS:-100}
+DEVICE=${DEVICE:-cuda}
+CUDA_PATH=${CUDA_PATH:-1}       # 0 skips tests, demo and torchrun (a dry run on a CPU)
+# DATA_TAR: the image tree as .tar.gz (a dry run: a few images per class)
+# EXTRA: more train arguments for every run (a dry run: EXTRA="--max-steps 3")
+R=/tmp/res
+rm -rf "$R" /tmp/runs /tmp/data
+mkdir -p "$R" /tmp/runs /tmp/data/orig
+left() { local s=$(( END - ($(date +%s) - START) )); echo $(( s > 1 ? s : 1 )); }
+log() { echo "[$(( $(date +%s) - START ))s] $*" | tee -a "$R/timeline.txt"; }
+
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+fi
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 CONVSLIM_CACHE=/tmp/cache
+PY=$(command -v python3)
+if [ "$CUDA_PATH" = 1 ]; then
+  # the scripts' own .venv, made of the machine's python (nothing can be installed there)
+  mkdir -p .venv/bin
+  printf '#!/bin/sh\nexec %s "$@"\n' "$PY" > .venv/bin/python
+  printf '#!/bin/sh\nexec %s -m convslim "$@"\n' "$PY" > .venv/bin/convslim
+  chmod +x .venv/bin/python .venv/bin/convslim
+  sha256sum pyproject.toml | cut -d' ' -f1 > .venv/.convslim-installed
+fi
+{ nvidia-smi; nproc; $PY -c "import torch, onnxruntime, torch_pruning
+print('torch', torch.__version__, 'cuda', torch.cuda.is_available() and torch.cuda.get_device_name(),
+      'ort', onnxruntime.__version__, 'tp', torch_pruning.__version__)"; } > "$R/env.txt" 2>&1
+log "environment: $(tail -1 "$R/env.txt")"
+nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 15 > "$R/gpu.csv" 2>/dev/null &
+SMI=$!
+
+if [ "$CUDA_PATH" = 1 ]; then
+  ( timeout "$(left)" ./scripts/test -rf -p no:cacheprovider > "$R/tests.log" 2>&1; echo "rc=$?" >> "$R/tests.log"
+    log "tests done: $(tail -2 "$R/tests.log" | tr '\n' ' ')" ) &
+  ( OUT=/tmp/demo timeout "$(left)" ./scripts/demo > "$R/demo.log" 2>&1; echo "rc=$?" >> "$R/demo.log"
+    mkdir -p "$R/demo"; cp /tmp/demo/*.json "$R/demo/" 2>/dev/null; log "demo done: $(tail -1 "$R/demo.log")" ) &
+  ( timeout "$(left)" "$PY" -m torch.distributed.run --standalone --nproc_per_node=1 -m convslim train \
+      --model digits_resnet --data digits --epochs 3 --device cuda --amp --quiet --out /tmp/ddp.pt \
+      --json "$R/ddp.json" > "$R/ddp.log" 2>&1; echo "rc=$?" >> "$R/ddp.log"; log "torchrun done: $(tail -1 "$R/ddp.log")" ) &
+fi
+
+tar -xzf "${DATA_TAR:-.gpu/cifar10-jpeg.tar.gz}" -C /tmp/data/orig
+log "extracted"
+prep() {   # decode a source once into the cache, so the runs that share it do not each decode it
+  "$PY" -c "from convslim.data import load_data; load_data('cifar10:/tmp/data/$1', val_fraction=0.1, seed=0)" \
+    >> "$R/prep.log" 2>&1
+}
+arm() {    # NAME SOURCE ARGS...: one resnet20 training run in the background
+  local name=$1 src=$2; shift 2
+  OMP_NUM_THREADS=2 timeout "$(left)" "$PY" -m convslim train --model resnet20 --data "cifar10:/tmp/data/$src" \
+    --schedule cosine --seed 0 --quiet --device "$DEVICE" --resume --out "/tmp/runs/$name.pt" \
+    --json "$R/$name.json" "$@" ${EXTRA:-} > "$R/$name.log" 2>&1 &
+}
+( prep orig; log "orig cached"
+  arm base${BASE_EPOCHS} orig --epochs "$BASE_EPOCHS" --lr 0.1 --label-smoothing 0.1
+  arm ref orig --epochs "$EPOCHS" --lr 0.1 --label-smoothing 0.1
+  arm ls0 orig --epochs "$EPOCHS" --lr 0.1
+  arm wd1e-4 orig --epochs "$EPOCHS" --lr 0.1 --label-smoothing 0.1 --weight-decay 1e-4
+  arm lr0.05 orig --epochs "$EPOCHS" --lr 0.05 --label-smoothing 0.1
+  arm noval orig --epochs "$EPOCHS" --lr 0.1 --label-smoothing 0.1 --val-fraction 0
+  wait ) &
+for q in 75 95 50; do
+  ( "$PY" benchmarks/jpeg_reencode.py /tmp/data/orig "/tmp/data/q$q" --quality "$q" --workers 3 >> "$R/prep.log" 2>&1
+    prep "q$q"; log "q$q cached"
+    arm "jpeg$q" "q$q" --epochs "$EPOCHS" --lr 0.1 --label-smoothing 0.1
+    wait ) &
+done
+
+while [ "$(jobs -rp | grep -vx "$SMI" | wc -l)" -gt 0 ] && [ "$(left)" -gt 1 ]; do sleep 5; done
+log "stopping"
+pkill -f "convslim train" ; pkill -f "scripts/demo"; pkill -f pytest; sleep 3
+
+"$PY" - "$R" > "$R/summary.txt" 2>&1 <<'EOF'
+import glob, json, os, sys, torch
+R = sys.argv[1]
+print(f"{'run':10} {'epochs':>9} {'val':>6} {'test':>6} {'s/epoch':>8}")
+for state in sorted(glob.glob("/tmp/runs/*.pt.state.pt")):
+    name = os.path.basename(state)[:-len(".pt.state.pt")]
+    js = os.path.join(R, name + ".json")
+    if os.path.exists(js):
+        log = json.load(open(js)); hist = log["epochs"]; test = log.get("test", {}).get("top1")
+        total = log["config"]["epochs"]
+    else:
+        st = torch.load(state, weights_only=False); hist = st["history"]; test = None
+        total = st["config"]["epochs"]
+    last = hist[-1] if hist else {}
+    sec = sum(h["seconds"] for h in hist) / max(len(hist), 1)
+    val = last.get("val_acc")
+    print(f"{name:10} {len(hist):>4}/{int(total):<4} {val if val is None else round(val, 2)!s:>6} "
+          f"{test if test is None else round(test, 2)!s:>6} {sec:8.1f}")
+EOF
+for f in /tmp/runs/base*.pt /tmp/runs/base*.state.pt; do [ -e "$f" ] && cp "$f" "$R/"; done
+if [ -e "$R/base${BASE_EPOCHS}.pt" ]; then rm -f "$R/base${BASE_EPOCHS}.pt.state.pt"; fi
+cat "$R/summary.txt"; cat "$R/timeline.txt"
+cp "$R/summary.txt" "$R/timeline.txt" "$OUT/" 2>/dev/null
+tail -n 30 "$R/tests.log" > "$OUT/tests_tail.txt" 2>/dev/null
+tar -czf "$OUT/res.tar.gz" -C /tmp res
+ls -la "$OUT"
