@@ -233,6 +233,7 @@ def render():
         "`benchmarks/results/pruning/*.json`, made by the commands given with each table, and rendered by "
         f"`{CMD} render`. Machine: {machine()['cpu']}, 2 shared cores, no GPU.",
         FINDINGS.read_text().strip() if FINDINGS.exists() else "",
+        (RESULTS / "bases.md").read_text().strip() if (RESULTS / "bases.md").exists() else "",
         base_tables(base),
         "## 2a. Criteria at a real recovery (issue 13; 50% done, 70% to run)\n\nThe interim resnet20 from "
         "`../shared/bases/` (trained on an H200 by `convslim train`, 70 epochs), about 50% fewer FLOPs, 5 epochs of "
