@@ -45,7 +45,7 @@ nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 15 
 SMI=$!
 
 if [ "$CUDA_PATH" = 1 ]; then
-  ( timeout "$(left)" ./scripts/test -rf -p no:cacheprovider > "$R/tests.log" 2>&1; echo "rc=$?" >> "$R/tests.log"
+  ( timeout "$(left)" ./scripts/test -rf -vv -p no:cacheprovider > "$R/tests.log" 2>&1; echo "rc=$?" >> "$R/tests.log"
     log "tests done: $(tail -2 "$R/tests.log" | tr '\n' ' ')" ) &
   ( OUT=/tmp/demo timeout "$(left)" ./scripts/demo > "$R/demo.log" 2>&1; echo "rc=$?" >> "$R/demo.log"
     mkdir -p "$R/demo"; cp /tmp/demo/*.json "$R/demo/" 2>/dev/null; log "demo done: $(tail -1 "$R/demo.log")" ) &

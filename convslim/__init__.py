@@ -13,6 +13,7 @@ from .budget import SearchConfig
 from .checkpoint import load, save
 from .data import load_data
 from .decomposition.auto import auto_decompose
+from .device import deterministic
 from .errors import ConvslimError
 from .export import export_onnx
 from .latency import LatencyTable, measure_model
@@ -27,7 +28,7 @@ from .task import Task, trainer
 from .train import TrainConfig, evaluate, fit, recalibrate_bn
 
 __all__ = ["ConvslimError", "PermutationOptions", "SearchConfig", "Task", "TrainConfig", "apply_rule",
-           "auto_decompose", "auto_prune",
+           "auto_decompose", "auto_prune", "deterministic",
            "LatencyTable", "build_model", "channel_importance", "count", "evaluate", "export_onnx", "fit", "load",
            "load_data", "measure_model",
            "profile", "prune", "ptq", "recalibrate_bn", "save", "select_output", "sparsify", "trainer"]

@@ -11,3 +11,16 @@ def device_of(model):
     for t in itertools.chain(model.parameters(), model.buffers()):
         return t.device
     return torch.device("cpu")
+
+
+def deterministic(enabled: bool = True) -> None:
+    """Same seed, same weights on a GPU too: cuDNN's deterministic kernels, no autotuning, and a fixed
+    cuBLAS workspace (the variable is read when cuBLAS starts, so call this before the first matmul).
+    convslim's own device choice (`pick_device`) calls it for CUDA unless CONVSLIM_DETERMINISTIC=0;
+    it costs some GPU speed. CPU runs are deterministic already."""
+    import os
+
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = enabled
+    torch.backends.cudnn.benchmark = not enabled and torch.backends.cudnn.benchmark

@@ -52,7 +52,8 @@ def wrap(model, device):
 
 
 def pick_device(name="auto"):
-    """'auto' means CUDA when present (one GPU per process under torchrun), else CPU."""
+    """'auto' means CUDA when present (one GPU per process under torchrun), else CPU. On CUDA it
+    turns on deterministic kernels (see `device.deterministic`), so the same seed gives the same model."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
@@ -63,4 +64,6 @@ def pick_device(name="auto"):
         if device.index is None:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
+        from .device import deterministic
+        deterministic(os.environ.get("CONVSLIM_DETERMINISTIC", "1") != "0")
     return device

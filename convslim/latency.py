@@ -109,7 +109,8 @@ def _onnx_block(shape, c_in, c_out, chain=1):
     graph = helper.make_graph(
         nodes, "block", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", c_in, shape.height, shape.width])],
         [helper.make_tensor_value_info(x, TensorProto.FLOAT, None)], weights)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    # IR version 8 is opset 17's own: onnx's newest default can be newer than the user's ONNX Runtime reads
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
 
 
 def measure_block(shape, c_in, c_out, *, engine="ort", batch=1, threads=1, warmup=3, repeats=15, chain=1):

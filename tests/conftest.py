@@ -5,6 +5,9 @@ from convslim.data import load_data
 
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+if torch.cuda.is_available():
+    import convslim
+    convslim.deterministic()   # tests that move a model to CUDA themselves compare results bit for bit too
 
 
 @pytest.fixture(params=DEVICES)

@@ -8,7 +8,7 @@ import torch
 import convslim
 from convslim.checkpoint import example_input
 from convslim.cli import main
-from convslim.latency import ConvLayer, ConvShape, LatencyTable, _at, conv_layers, sweep_counts
+from convslim.latency import ConvLayer, ConvShape, LatencyTable, _at, _onnx_block, conv_layers, sweep_counts
 from convslim.pruning.latency_aware import LatencySnap
 
 from test_pruning import trained_model
@@ -76,6 +76,17 @@ def test_measurements_are_cached_per_machine_and_reread(digits, tmp_path):
     assert LatencyTable(cache_dir=tmp_path, repeats=2).entries == {}  # another machine's timings are not used
     cache.write_text("{not json")
     assert LatencyTable(cache_dir=tmp_path, repeats=2).entries == {}
+
+
+def test_timed_blocks_load_in_an_onnx_runtime_older_than_onnx():
+    """onnx's newest IR version can be newer than what the user's ONNX Runtime reads (onnx 1.23 writes
+    IR 14; ONNX Runtime 1.30 reads up to 13): the blocks declare opset 17's own IR version."""
+    import onnx
+    import onnxruntime
+
+    block = _onnx_block(SHAPE, 4, 4, chain=2)
+    assert onnx.load_from_string(block).ir_version == 8
+    onnxruntime.InferenceSession(block, providers=["CPUExecutionProvider"])
 
 
 def test_bad_latency_settings_are_refused(tmp_path):
