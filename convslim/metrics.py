@@ -87,8 +87,9 @@ def torch_latency_ms(model, example, *, warmup=5, repeats=20):
         return median_ms(lambda: model(example), warmup, repeats)
 
 
-def ort_latency_ms(onnx_path, example, *, warmup=5, repeats=20):
-    sess = ort_session(onnx_path)
+def ort_latency_ms(onnx_path, example, *, warmup=5, repeats=20, threads=0):
+    """Median ms of ONNX Runtime on the CPU (`threads` intra-op threads; 0: ONNX Runtime's choice)."""
+    sess = ort_session(onnx_path, threads)
     feed = {sess.get_inputs()[0].name: example.numpy().astype(np.float32)}
     return median_ms(lambda: sess.run(None, feed), warmup, repeats)
 

@@ -1,5 +1,6 @@
 """Quantization: formulas against hand-computed cases, calibration thresholds, STE gradients,
 binary/ternary, k-means and Huffman round trips, real int8 on ONNX Runtime, CLI errors."""
+import json
 import numpy as np
 import pytest
 import torch
@@ -238,6 +239,8 @@ def run(capsys):
     (["--method", "lowbit", "--wbits", "1"], "--wbits must be an integer from 2 to 8"),
     (["--calib-images", "0"], "--calib-images: must be at least 1"),
     (["--calibration", "entropy"], "unknown calibration 'entropy'"),
+    (["--latency-batch", "0"], "--latency-batch"),
+    (["--threads", "0"], "--threads"),
 ])
 def test_cli_bad_input_is_one_clear_line(run, tmp_path, extra, message):
     out = tmp_path / "m.onnx"
@@ -245,6 +248,17 @@ def test_cli_bad_input_is_one_clear_line(run, tmp_path, extra, message):
     assert rc == 2 and not out.exists()
     lines = cap.err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in cap.err
+
+
+def test_cli_int8_is_timed_at_the_asked_batches_and_threads(run, trained, tmp_path):
+    src, out, log = tmp_path / "m.pt", tmp_path / "m.onnx", tmp_path / "q.json"
+    convslim.save(trained, src)
+    rc, cap = run("quantize", "--model", str(src), "--data", "digits", "--calib-images", "64", "--out", str(out),
+                  "--latency-batch", "2,8", "--threads", "1", "--json", str(log))
+    assert rc == 0 and out.exists()
+    res = json.loads(log.read_text())
+    assert set(res["fp32_latency_ms"]) == set(res["int8_latency_ms"]) == {"b2_ms", "b8_ms"}
+    assert res["latency_threads"] == 1 and "b8 (1 thread(s)): fp32" in cap.out
 
 
 def test_cli_cluster_then_decompress(run, trained, tmp_path):

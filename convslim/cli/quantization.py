@@ -9,6 +9,7 @@
 from pathlib import Path
 
 from ..errors import ConvslimError
+from .latency import batch_list
 from .common import (add_data_args, add_model_args, float_range, fraction, int_range, non_negative,
                      open_model_and_data, open_teacher, positive, positive_int, write_json)
 
@@ -67,7 +68,8 @@ def _print_int8(res):
     for key in res.get("fp32_latency_ms", {}):
         f, q = res["fp32_latency_ms"][key], res["int8_latency_ms"][key]
         verdict = "faster" if q < f else "NOT faster on this CPU"
-        print(f"ONNX Runtime latency {key.replace('_ms', '')}: fp32 {f:.3f} ms, int8 {q:.3f} ms "
+        threads = res.get("latency_threads") or "default"
+        print(f"ONNX Runtime latency {key.replace('_ms', '')} ({threads} thread(s)): fp32 {f:.3f} ms, int8 {q:.3f} ms "
               f"({f / q:.2f}x, int8 {verdict})")
 
 
@@ -108,12 +110,12 @@ def cmd_quantize(args):
     model, splits = open_model_and_data(args)
     calib = dict(calibration=args.calibration, calib_images=args.calib_images, percentile=args.percentile,
                  seed=args.seed)
-    latency = () if args.no_latency else (1, 64)
+    latency = dict(latency_batches=() if args.no_latency else tuple(args.latency_batch), latency_threads=args.threads)
     if args.method == "ptq":
-        res = methods.ptq(model, splits, out, engine=args.engine, latency_batches=latency, **calib)
+        res = methods.ptq(model, splits, out, engine=args.engine, **latency, **calib)
     elif args.method == "qat":
         res = methods.qat(model, splits, out, finetune=_finetune(args, model, "qat"), engine=args.engine,
-                          latency_batches=latency, **calib)
+                          **latency, **calib)
     else:
         ft = _finetune(args, model, args.method)
         if args.method == "lowbit":
@@ -207,6 +209,9 @@ def register(sub):
     p.add_argument("--xnor", action="store_true", help="binary: binarise layer inputs too (XNOR-Net)")
     p.add_argument("--all-layers", action="store_true", help="binary/ternary: also the first and last layer")
     p.add_argument("--no-latency", action="store_true", help="skip ONNX Runtime latency")
+    p.add_argument("--latency-batch", type=batch_list, default=[1, 64], metavar="B[,B...]",
+                   help="ptq/qat: batch sizes fp32 and int8 are timed at (default 1,64)")
+    p.add_argument("--threads", type=int_range(1), default=1, help="ptq/qat: ONNX Runtime threads when timing (default 1)")
     p.add_argument("--out", required=True, help=".onnx for ptq/qat; .csz (coded) or .pt (baked) otherwise")
     p.set_defaults(func=cmd_quantize)
 

@@ -66,14 +66,14 @@ def calibration_images(splits, n, seed=0):
     return splits.calibration(int(n), seed=seed)
 
 
-def paired_latency(fp32_path, int8_path, shape, batches=(1, 64), repeats=10, rounds=3):
+def paired_latency(fp32_path, int8_path, shape, batches=(1, 64), repeats=10, rounds=3, threads=0):
     """Median ONNX Runtime latency of both files, measured in alternating rounds so that a busy,
     shared CPU slows both alike; returns ({batch: fp32 ms}, {batch: int8 ms})."""
     fp32, int8 = {}, {}
     for b in batches:
         x = torch.randn(b, *shape)
         fp32[f"b{b}_ms"], int8[f"b{b}_ms"] = alternating(
-            [lambda p=p: ort_latency_ms(p, x, repeats=repeats) for p in (fp32_path, int8_path)], rounds)
+            [lambda p=p: ort_latency_ms(p, x, repeats=repeats, threads=threads) for p in (fp32_path, int8_path)], rounds)
     return fp32, int8
 
 
@@ -117,13 +117,14 @@ def calibration_from(data, n, seed=0):
 
 
 def int8_onnx(model, data, out, *, calibration="minmax", calib_images=512, percentile=99.99, engine="convslim",
-              seed=0, latency_batches=(1, 64), float_top1=None, simulation=True, method="ptq", evaluate=None,
+              seed=0, latency_batches=(1, 64), latency_threads=0, float_top1=None, simulation=True, method="ptq", evaluate=None,
               example_input=None):
     """Real int8 through ONNX Runtime: write `out`, then measure accuracy, size and latency fp32 vs int8.
 
     `data` is convslim Splits or any iterable of inputs / (input, target) pairs (your DataLoader);
     `evaluate(model) -> float` (your metric) scores the float model and the int8 file alike (the
     `*top1` keys then hold your metric; without it and without Splits, no accuracy is measured).
+    Latency is timed at `latency_batches` with `latency_threads` ONNX Runtime threads (0: its choice).
     With `simulation`, convslim's fake-quant model (same calibration, ONNX Runtime's integer ranges)
     is scored too, to show that the simulation and the real int8 model agree.
     """
@@ -148,7 +149,9 @@ def int8_onnx(model, data, out, *, calibration="minmax", calib_images=512, perce
             res["fp32_onnx_top1"] = score_onnx(fp32)
             res["top1"] = score_onnx(out)
         if latency_batches:
-            res["fp32_latency_ms"], res["int8_latency_ms"] = paired_latency(fp32, out, shape, latency_batches)
+            res["fp32_latency_ms"], res["int8_latency_ms"] = paired_latency(fp32, out, shape, latency_batches,
+                                                                            threads=latency_threads)
+        res["latency_threads"] = latency_threads
     res["size_ratio"] = res["fp32_onnx_bytes"] / res["int8_onnx_bytes"]
     return res
 
