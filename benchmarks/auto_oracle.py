@@ -29,7 +29,7 @@ from convslim.train import TrainConfig, evaluate, fit
 from common import CIFAR, RESULTS, RunCache, markdown_table
 
 CACHE = RESULTS / "auto_oracle"
-SEARCHES = ("thesis", "progressive", "calibrated")
+SEARCHES = ("thesis", "progressive", "calibrated", "progressive+distill")
 
 
 def Cache(name):
@@ -76,14 +76,15 @@ def run_oracle(model, splits, name, args, cache, seed):
 
 
 def run_search(model, splits, name, args, cache, search, seed):
-    key = f"{search}|probe {args.probe_epochs:g}|seed {seed}"
+    key = f"{search}{'+distill' if args.distill else ''}|probe {args.probe_epochs:g}|seed {seed}"
     if key in cache.runs:
         return
     cfg = SearchConfig(max_acc_loss=args.max_acc_loss, probe_epochs=args.probe_epochs, final_epochs=args.final_epochs,
-                       lr=args.lr, batch_size=args.batch_size, seed=seed, device=args.device, search=search)
+                       lr=args.lr, batch_size=args.batch_size, seed=seed, device=args.device, search=search,
+                       distill=args.distill)
     t0 = time.perf_counter()
     _, s = convslim.auto_prune(model, splits, cfg, progress=False)
-    cache.put(key, {"kind": search, "seed": seed, "probe_epochs": args.probe_epochs, "val": s["final_val_acc"],
+    cache.put(key, {"kind": search + ("+distill" if args.distill else ""), "seed": seed, "probe_epochs": args.probe_epochs, "val": s["final_val_acc"],
                     "base_val": s["base_val_acc"], "test": s["test_acc"], "base_test": s["base_test_acc"],
                     "flops_reduction": s["flops_reduction"], "search_epochs": s["search_epochs"],
                     "final_epochs": s["final_epochs"], "seconds": time.perf_counter() - t0})
@@ -139,7 +140,7 @@ def render():
                 rs = [r for r in runs if r["kind"] == search and r["probe_epochs"] == probe]
                 share = [r["flops_reduction"] / oracle[r["seed"]]["flops_reduction"] for r in rs
                          if r["seed"] in oracle and oracle[r["seed"]]["flops_reduction"] > 0]
-                rows.append([f"auto --search {search} (probe {probe:g} epochs)", len(rs),
+                rows.append([f"auto --search {search.replace('+distill', ' --distill')} (probe {probe:g} epochs)", len(rs),
                              span(r["flops_reduction"] for r in rs), span((r["test"] - r["base_test"] for r in rs), "{:+.2f}"),
                              span((100 * x for x in share), "{:.0f}%") if share else "-",
                              f"{span((r['search_epochs'] for r in rs), '{:g}')} + {rs[0]['final_epochs']:g}"])
@@ -171,6 +172,7 @@ def main():
     ap.add_argument("--val-fraction", type=float, default=0.25, help="digits: validation share of train")
     ap.add_argument("--width", type=float, default=2.0, help="digits: width of the digits_resnet")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--distill", action="store_true", help="searches distil from the original (steps and final)")
     args = ap.parse_args()
     if args.render:
         return render()

@@ -72,11 +72,12 @@ class SearchConfig:
                            device=self.device, progress=progress)
 
 
-def recover(model, task, cfg):
-    """Make a probe judgeable: re-estimate BN statistics, then the task's short fine-tune."""
+def recover(model, task, cfg, teacher=None):
+    """Make a probe judgeable: re-estimate BN statistics, then the task's short fine-tune (distilling
+    from `teacher` when given)."""
     recalibrate_bn(model, task.bn_data if task.bn_data is not None else task.batches, batches=cfg.bn_batches,
                    batch_size=cfg.batch_size, seed=cfg.seed, device=device_of(model))
-    task.tune(model, cfg.probe_epochs)
+    task.tune(model, cfg.probe_epochs, teacher)
     return model
 
 

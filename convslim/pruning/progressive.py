@@ -6,7 +6,8 @@ takes it, so the search stops early. Here each step removes a share of the *curr
 (channel importance scored again on it), the step is recovered (BN statistics, `probe_epochs` of
 fine-tuning) and kept when its score is within the budget of the original's; a step that reads
 below the budget but better than at its last reading gets another `probe_epochs` (up to
-`max_readings` readings), since a larger step needs longer to recover. A kept step is the
+`max_readings` readings), since a larger step needs longer to recover. With a teacher (`--distill`), every step
+recovers by distillation from it too. A kept step is the
 start of the next, so fine-tuning accumulates as in gradual pruning and every judgement is made on
 a model one small step from a recovered one. A step that fails is undone and the step size halved.
 The steps together cost at most `final_epochs` (the search may not cost more than the final
@@ -57,14 +58,14 @@ def progressive_search(model, task, cfg, score, *, header, teacher=None, log_pat
         fast = LatencySnap(current, imp.groups, snap.tables) if snap is not None else None   # the current widths
         cr = step_cr(current, imp, share, cfg.multiple, fast)
         cand, kept = apply_rule(current, imp, "cr", cr, multiple=cfg.multiple, latency=fast)
-        recover(cand, task, cfg)
+        recover(cand, task, cfg, teacher)
         spent += cfg.probe_epochs
         readings = [float(task.evaluate(cand))]
         # a step that reads below the budget but is still recovering gets more of the same fine-tune
         while (readings[-1] + cfg.max_acc_loss < base_val and len(readings) < max_readings
                and (len(readings) == 1 or readings[-1] > readings[-2])
                and spent + step_epochs <= cfg.final_epochs + 1e-9):
-            task.tune(cand, cfg.probe_epochs)
+            task.tune(cand, cfg.probe_epochs, teacher)
             spent += cfg.probe_epochs
             readings.append(float(task.evaluate(cand)))
         val = readings[-1]
