@@ -314,20 +314,23 @@ def test_progressive_search_compounds_steps_within_the_epoch_budget_and_resumes(
     best, summary = convslim.auto_prune(model, digits, cfg, log_path=log, progress=False)
     steps = json.loads(log.read_text())["probes"]
     assert summary["search_epochs"] == sum(s["epochs"] for s in steps) <= cfg.final_epochs
-    assert summary["search_epochs"] > cfg.final_epochs - 0.5               # stopped when the next step would not fit
-    base, flops, share = summary["base_val_acc"], summary["base_flops"], 0.25
-    for s in steps:
-        readings = s["readings"]
-        assert s["epochs"] == 0.5 * len(readings) and len(readings) <= 3 and s["val_acc"] == readings[-1]
-        for before, after in zip(readings, readings[1:]):                  # more recovery only while below the
-            assert before + 3.0 < base                                      # budget, and only while improving
+    assert summary["search_epochs"] > cfg.final_epochs - 2 * 0.5           # stopped when the next step would not fit
+    flops, share, used, control = summary["base_flops"], 0.25, 0.0, 0.5
+    for i, s in enumerate(steps):
+        readings, start = s["readings"], s["start_val_acc"]
+        control = 0.5 if i == 2 else control             # the resumed search reads its starting model again
+        # each step starting from a new model first tunes that model the same 0.5 epoch: the paired reading
+        assert s["epochs"] == 0.5 * len(readings) + control and len(readings) <= 3 and s["val_acc"] == readings[-1]
+        for before in readings[:-1]:                     # more recovery only while over the budget,
+            assert used + max(start - before, 0) > 3.0   # and only while improving
         assert all(a < b for a, b in zip(readings[:-2], readings[1:-1]))
-        assert s["share"] == share and (s["decision"] == "keep") == (s["val_acc"] + 3.0 >= base and s["flops"] < flops)
+        assert s["used_before"] == pytest.approx(used) and s["cost"] == pytest.approx(max(start - s["val_acc"], 0))
+        assert s["share"] == share and (s["decision"] == "keep") == (used + s["cost"] <= 3.0 and s["flops"] < flops)
         if s["decision"] == "keep":
             assert s["flops"] <= (1 - share / 2) * flops       # each kept step removes its share of the current model
-            flops = s["flops"]
+            flops, used, control = s["flops"], used + s["cost"], 0.5
         else:
-            share /= 2                                        # a failed step is undone and the step halved
+            share, control = share / 2, 0.0                  # a failed step is undone and the step halved
     kept = [s for s in steps if s["decision"] == "keep"]
     assert kept and summary["flops"] == kept[-1]["flops"] and summary["pruned"]
     reloaded = convslim.load(log.with_name(log.name + ".candidate.pt"))
