@@ -94,14 +94,26 @@ def ort_latency_ms(onnx_path, example, *, warmup=5, repeats=20, threads=0):
     return median_ms(lambda: sess.run(None, feed), warmup, repeats)
 
 
-def latency(model, input_shape, *, batches=(1, 64), warmup=5, repeats=20, onnx=True):
-    """Median latency in ms for each batch size, PyTorch on CPU and (optionally) ONNX Runtime.
+def latency(model, input_shape, *, batches=(1, 64), warmup=5, repeats=20, onnx=True, threads=None):
+    """Median latency in ms for each batch size, PyTorch on CPU and (optionally) ONNX Runtime, with
+    `threads` threads in both (None: PyTorch's current setting and ONNX Runtime's own choice).
 
     A model on another device is timed as a CPU copy; the caller's model stays where it is."""
     if device_of(model).type != "cpu":
         model = copy.deepcopy(model).cpu()
     model = model.eval()
-    out = {}
+    out, before = {}, torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        _time_batches(model, input_shape, batches, warmup, repeats, onnx, threads or 0, out)
+    finally:
+        torch.set_num_threads(before)
+    out["threads"] = threads or before
+    return out
+
+
+def _time_batches(model, input_shape, batches, warmup, repeats, onnx, threads, out):
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = os.path.join(tmp, "model.onnx")
         if onnx:
@@ -110,9 +122,7 @@ def latency(model, input_shape, *, batches=(1, 64), warmup=5, repeats=20, onnx=T
             x = torch.randn(b, *input_shape)
             out[f"torch_b{b}_ms"] = torch_latency_ms(model, x, warmup=warmup, repeats=repeats)
             if onnx:
-                out[f"ort_b{b}_ms"] = ort_latency_ms(onnx_path, x, warmup=warmup, repeats=repeats)
-    out["threads"] = torch.get_num_threads()
-    return out
+                out[f"ort_b{b}_ms"] = ort_latency_ms(onnx_path, x, warmup=warmup, repeats=repeats, threads=threads)
 
 
 def alternating(timers, rounds=3):
@@ -127,7 +137,7 @@ def alternating(timers, rounds=3):
     return [statistics.median(rs) for rs in runs]
 
 
-def profile(model, input_shape, *, latency_batches=(1, 64), repeats=20, onnx=True):
+def profile(model, input_shape, *, latency_batches=(1, 64), repeats=20, onnx=True, threads=None):
     """Everything `convslim profile` prints: per-layer rows, totals, size, latency."""
     example = torch.randn(1, *input_shape, device=device_of(model))
     rows = layer_table(model, example)
@@ -135,7 +145,8 @@ def profile(model, input_shape, *, latency_batches=(1, 64), repeats=20, onnx=Tru
     totals["bytes"] = state_dict_bytes(model)
     result = {"input_shape": list(input_shape), "layers": rows, "totals": totals}
     if latency_batches:
-        result["latency"] = latency(model, input_shape, batches=latency_batches, repeats=repeats, onnx=onnx)
+        result["latency"] = latency(model, input_shape, batches=latency_batches, repeats=repeats, onnx=onnx,
+                                    threads=threads)
     return result
 
 

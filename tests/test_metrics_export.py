@@ -37,6 +37,9 @@ def test_profile_measures_size_and_latency():
     assert prof["totals"]["bytes"] > 4 * prof["totals"]["params"] * 0.9
     for key in ("torch_b1_ms", "ort_b1_ms", "torch_b4_ms", "ort_b4_ms"):
         assert prof["latency"][key] > 0
+    before = torch.get_num_threads()
+    timed = convslim.profile(model, [1, 8, 8], latency_batches=(1,), repeats=2, threads=2)["latency"]
+    assert timed["threads"] == 2 and torch.get_num_threads() == before    # timed at 2 threads, setting restored
 
 
 def test_export_writes_checked_onnx_with_dynamic_batch(tmp_path):

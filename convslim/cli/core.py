@@ -75,7 +75,7 @@ def cmd_profile(args):
 
     model, splits = open_model_and_data(args) if args.data else (open_model(args), None)
     prof = profile(model, record_of(model).input_shape, latency_batches=args.batches,
-                   repeats=args.repeats, onnx=not args.no_onnx)
+                   repeats=args.repeats, onnx=not args.no_onnx, threads=args.threads)
     if splits is not None:
         prof["accuracy"] = evaluate(model, splits, args.split, device=dist.pick_device(args.device))
     print_profile(prof)
@@ -135,6 +135,8 @@ def register(sub):
     p.add_argument("--split", choices=["train", "val", "test"], default="test")
     p.add_argument("--batches", type=batches, default=[1, 64], help="latency batch sizes, e.g. 1,64")
     p.add_argument("--repeats", type=positive_int, default=20, help="timed runs per latency figure")
+    p.add_argument("--threads", type=positive_int, default=1,
+                   help="threads PyTorch and ONNX Runtime time with (default 1, as the other commands time)")
     p.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime latency")
     p.add_argument("--compare-separable", action="store_true",
                    help="also show each conv's params and FLOPs as a separable or Ghost replacement")
