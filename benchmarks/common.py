@@ -1,5 +1,6 @@
 """Shared by the benchmark scripts: where results go and how tables are written."""
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -8,7 +9,9 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
-CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+# the benchmarks' CIFAR-10; CONVSLIM_CIFAR points elsewhere (the GPU machine has no ../shared)
+CIFAR = Path(os.environ.get("CONVSLIM_CIFAR") or
+             Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg.tar.gz")
 
 
 def machine():

@@ -7,6 +7,10 @@
 #     on the one GPU, plus a longer base run.
 # Run from the repo root with $OUT set and .whl/ (torch-pruning and tensorly wheels) and
 # .gpu/cifar10-jpeg.tar.gz carried:   bash benchmarks/gpu_session.sh
+#  3. (part "oracle", issue 12) auto against the oracle on the interim resnet20 (.gpu/resnet20-cifar10-70ep.pt
+#     carried too): the cr grid with a 5-epoch final fine-tune, then `auto` with the thesis's bisection and
+#     the progressive search, one seed (ORACLE_SEEDS), about 8 minutes alone on an H100.
+# PARTS picks what runs (default "cuda ablation"; "cuda oracle" for the next session's rows).
 # Leaves $OUT/summary.txt and $OUT/res.tar.gz (logs, each run's JSON, the base run's model or state).
 # Every training run uses --resume, so one stopped at the deadline can be continued elsewhere.
 set -u
@@ -15,10 +19,13 @@ END=${END:-550}                 # seconds after START when whatever still runs i
 EPOCHS=${EPOCHS:-30}            # each ablation arm
 BASE_EPOCHS=${BASE_EPOCHS:-100}
 DEVICE=${DEVICE:-cuda}
-CUDA_PATH=${CUDA_PATH:-1}       # 0 skips tests, demo and torchrun (a dry run on a CPU)
+PARTS=${PARTS:-cuda ablation}   # cuda: tests, demo, torchrun; ablation: table 0's trainings; oracle: table 8's rows
+CUDA_PATH=0; case " $PARTS " in *" cuda "*) CUDA_PATH=1;; esac
+has() { case " $PARTS " in *" $1 "*) return 0;; esac; return 1; }
 # DATA_TAR: the image tree as .tar.gz (a dry run: a few images per class)
 # EXTRA: more train arguments for every run (a dry run: EXTRA="--max-steps 3")
 R=/tmp/res
+DATA_TAR=$(realpath "${DATA_TAR:-.gpu/cifar10-jpeg.tar.gz}")
 rm -rf "$R" /tmp/runs /tmp/data
 mkdir -p "$R" /tmp/runs /tmp/data/orig
 left() { local s=$(( END - ($(date +%s) - START) )); echo $(( s > 1 ? s : 1 )); }
@@ -54,8 +61,16 @@ if [ "$CUDA_PATH" = 1 ]; then
       --json "$R/ddp.json" > "$R/ddp.log" 2>&1; echo "rc=$?" >> "$R/ddp.log"; log "torchrun done: $(tail -1 "$R/ddp.log")" ) &
 fi
 
-tar -xzf "${DATA_TAR:-.gpu/cifar10-jpeg.tar.gz}" -C /tmp/data/orig
-log "extracted"
+if has oracle; then
+  ( CONVSLIM_CIFAR="$DATA_TAR" timeout "$(left)" "$PY" benchmarks/auto_oracle.py \
+      --model "${ORACLE_MODEL:-.gpu/resnet20-cifar10-70ep.pt}" --device "$DEVICE" --seeds "${ORACLE_SEEDS:-0}" \
+      --final-epochs "${ORACLE_FINAL:-5}" --probe-epochs 1 --batch-size 128 --searches thesis,progressive \
+      > "$R/oracle.log" 2>&1; echo "rc=$?" >> "$R/oracle.log"
+    mkdir -p "$R/oracle"; cp benchmarks/results/auto_oracle/*.json "$R/oracle/"; log "oracle done: $(tail -1 "$R/oracle.log")" ) &
+fi
+has ablation || { while [ "$(jobs -rp | grep -vx "$SMI" | wc -l)" -gt 0 ] && [ "$(left)" -gt 1 ]; do sleep 5; done; }
+has ablation && tar -xzf "$DATA_TAR" -C /tmp/data/orig
+has ablation && log "extracted"
 prep() {   # decode a source once into the cache, so the runs that share it do not each decode it
   "$PY" -c "from convslim.data import load_data; load_data('cifar10:/tmp/data/$1', val_fraction=0.1, seed=0)" \
     >> "$R/prep.log" 2>&1
@@ -66,7 +81,7 @@ arm() {    # NAME SOURCE ARGS...: one resnet20 training run in the background
     --schedule cosine --seed 0 --quiet --device "$DEVICE" --resume --out "/tmp/runs/$name.pt" \
     --json "$R/$name.json" "$@" ${EXTRA:-} > "$R/$name.log" 2>&1 &
 }
-( prep orig; log "orig cached"
+has ablation && ( prep orig; log "orig cached"
   arm base${BASE_EPOCHS} orig --epochs "$BASE_EPOCHS" --lr 0.1 --label-smoothing 0.1
   arm ref orig --epochs "$EPOCHS" --lr 0.1 --label-smoothing 0.1
   arm ls0 orig --epochs "$EPOCHS" --lr 0.1
@@ -74,7 +89,7 @@ arm() {    # NAME SOURCE ARGS...: one resnet20 training run in the background
   arm lr0.05 orig --epochs "$EPOCHS" --lr 0.05 --label-smoothing 0.1
   arm noval orig --epochs "$EPOCHS" --lr 0.1 --label-smoothing 0.1 --val-fraction 0
   wait ) &
-for q in 75 95 50; do
+has ablation && for q in 75 95 50; do
   ( "$PY" benchmarks/jpeg_reencode.py /tmp/data/orig "/tmp/data/q$q" --quality "$q" --workers 3 >> "$R/prep.log" 2>&1
     prep "q$q"; log "q$q cached"
     arm "jpeg$q" "q$q" --epochs "$EPOCHS" --lr 0.1 --label-smoothing 0.1
@@ -83,7 +98,7 @@ done
 
 while [ "$(jobs -rp | grep -vx "$SMI" | wc -l)" -gt 0 ] && [ "$(left)" -gt 1 ]; do sleep 5; done
 log "stopping"
-pkill -f "convslim train" ; pkill -f "scripts/demo"; pkill -f pytest; sleep 3
+pkill -f "convslim train" ; pkill -f "scripts/demo"; pkill -f pytest; pkill -f auto_oracle; sleep 3
 
 "$PY" - "$R" > "$R/summary.txt" 2>&1 <<'EOF'
 import glob, json, os, sys, torch
