@@ -235,10 +235,10 @@ def render():
         FINDINGS.read_text().strip() if FINDINGS.exists() else "",
         (RESULTS / "bases.md").read_text().strip() if (RESULTS / "bases.md").exists() else "",
         base_tables(base),
-        "## 2a. Criteria at a real recovery (issue 13; 50% done, 70% to run)\n\nThe interim resnet20 from "
-        "`../shared/bases/` (trained on an H200 by `convslim train`, 70 epochs), about 50% fewer FLOPs, 5 epochs of "
+        "## 2a. Criteria at a real recovery (issue 13)\n\nThe interim resnet20 from "
+        "`../shared/bases/` (trained on an H200 by `convslim train`, 70 epochs), about 50% and 70% fewer FLOPs, 5 epochs of "
         "fine-tuning per run. Seeds are added as the runs finish (each run about 12-16 minutes on this CPU); the "
-        "seeds column says how many each mean has. Every criterion has its three seeds at 50%: the verdict is at "
+        "seeds column says how many each mean has. Every criterion has its three seeds at 50%, and the four run at 70% (the 50% level's best, both permutation estimators and L1) have theirs: the verdict is at "
         "the top of this page.\n\n" + recovery_md,
         "## 2. Criteria at matched FLOPs (short budget: how fast each criterion recovers)\n\n" + crit_md
         + "\n\n![criteria](results/pruning/criteria.png)",
