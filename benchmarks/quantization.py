@@ -94,7 +94,7 @@ def run_all(model, splits, args, tag):
     timed(Q.binary, model, splits, finetune=ft(args.ft_epochs))
     timed(Q.ternary, model, splits, finetune=ft(args.ft_epochs))
     for k in (16, 4):
-        timed(Q.cluster, model, splits, clusters=k, finetune=ft(args.ft_epochs, 0.001))
+        timed(Q.cluster, model, splits, clusters=k, finetune=ft(args.ft_epochs))
     t0 = time.perf_counter()
     _, stages, _ = deep_compression(model, splits, ["prune", "cluster", "huffman"], cr=args.cr, clusters=16,
                                     epochs=args.ft_epochs, seed=0, progress=not args.quiet)
@@ -159,7 +159,7 @@ def main():
     cmd = "python benchmarks/quantization.py " + " ".join(sys.argv[1:])
     md = [f"# Quantization and weight sharing ({args.data.split(':')[0]}, {args.model})", "",
           f"Command: `{cmd}`. Calibration: {args.calib_images} training images; QAT {args.qat_epochs} epoch(s); "
-          f"fine-tuning of low-bit, binary, ternary and k-means {args.ft_epochs} epoch(s) (lr 0.01, centroids 0.001); "
+          f"fine-tuning of low-bit, binary, ternary and k-means {args.ft_epochs} epoch(s) (lr 0.01); "
           f"Deep Compression prunes at cr {args.cr}, then 16 clusters.", "",
           markdown_table(HEADERS, [table_row(r) for r in rows]), "",
           f"CPU: {machine()['cpu']}; VNNI: {'yes' if has_vnni() else 'no'} (SIMD flags: {', '.join(simd)}); "

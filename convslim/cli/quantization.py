@@ -181,7 +181,7 @@ def _common(p):
     add_data_args(p)
     p.add_argument("--epochs", type=non_negative, help="fine-tuning epochs (default per method: qat 3, binary and "
                    "ternary 10, cluster 3, ptq and lowbit 0)")
-    p.add_argument("--lr", type=positive, help="fine-tuning learning rate (default 0.01; 0.001 for centroids)")
+    p.add_argument("--lr", type=positive, help="fine-tuning learning rate (default 0.01)")
     p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--teacher", help="distil from this saved .pt while fine-tuning, or 'original'")
     p.add_argument("--device", default="auto", help="fine-tuning device: auto, cpu, cuda")

@@ -5,7 +5,11 @@ between the smallest and largest weight (Han et al. found linear initialisation 
 large weights, which matter most). The layer then stores only the k centroids and one index per
 weight. Fine-tuning trains the centroids: the forward pass reads `centroids[indices]`, and
 autograd's backward of that gather adds up the gradients of all weights in a cluster, which is
-exactly seed 001's equation (1), dL/dc_k = sum_{i,j} dL/dW_ij * 1(I_ij = k).
+seed 001's equation (1), dL/dc_k = sum_{i,j} dL/dW_ij * 1(I_ij = k). Each centroid's step is that sum
+divided by the number of weights it stands for (the mean), so one learning rate fits every layer and
+every k: with the plain sum a centroid of a big layer moves thousands of times further than a weight
+would, and on a base trained long with weight decay (small weights) 4 clusters never recovered
+(22.9% after an epoch, against 81.5% after 0.3 epoch with the mean; README).
 """
 import numpy as np
 import torch
@@ -44,7 +48,10 @@ class ClusterWeight(nn.Module):
         self.register_buffer("indices", torch.from_numpy(labels).reshape(weight.shape))
 
     def forward(self, w):
-        return self.centroids[self.indices].to(w.dtype)
+        c = self.centroids
+        counts = torch.bincount(self.indices.reshape(-1), minlength=c.numel()).clamp(min=1).to(c.dtype)
+        c = c / counts + (c - c / counts).detach()        # value: the centroids; gradient: the cluster's mean
+        return c[self.indices].to(w.dtype)
 
     @torch.no_grad()
     def encode(self, w):

@@ -31,7 +31,7 @@ from .storage import INPUT_OPS, coded_sizes, coded_state, decode_model
 DEFAULT_EPOCHS = {"ptq": 0, "qat": 3, "lowbit": 0, "binary": 10, "ternary": 10, "cluster": 3}
 # A centroid's gradient is the sum over its whole cluster (seed 001 eq. 1), thousands of weights,
 # so the centroids need a smaller step than per-weight training.
-DEFAULT_LR = {"qat": 0.01, "lowbit": 0.01, "binary": 0.01, "ternary": 0.01, "cluster": 0.001}
+DEFAULT_LR = {"qat": 0.01, "lowbit": 0.01, "binary": 0.01, "ternary": 0.01, "cluster": 0.01}
 
 
 @dataclass
