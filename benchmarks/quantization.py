@@ -15,6 +15,7 @@ PyTorch) give the size of convslim's coded file (codebook + Huffman-coded indice
 fp32 state dict, and no latency: they run as float.
 """
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -57,8 +58,12 @@ def get_model(args):
     return model.eval(), splits
 
 
+METHODS = ("ptq", "qat", "lowbit", "binary", "ternary", "cluster", "deep")   # table order; fp32 comes with ptq
+
+
 def run_all(model, splits, args, tag):
-    """Every method on `model`; returns the result dicts (one per table row)."""
+    """Every method on `model` (or those of --only); returns the result dicts (one per table row)."""
+    want = lambda method: not args.only or method in args.only  # noqa: E731
     ft = lambda epochs, lr=None: Q.FineTune(epochs, lr=lr or 0.01, device=args.device, progress=not args.quiet)  # noqa: E731
     calib = dict(calib_images=args.calib_images, seed=0)
     rows, tmp = [], tempfile.mkdtemp()
@@ -76,25 +81,31 @@ def run_all(model, splits, args, tag):
         return res
 
     fp32 = None
-    for cal in ("minmax", "percentile", "kl"):
+    for cal in ("minmax", "percentile", "kl") if want("ptq") else ():
         r = timed(Q.ptq, model, splits, os.path.join(tmp, f"{cal}.onnx"), calibration=cal, **calib)
         if fp32 is None:   # the fp32 row: the same ONNX Runtime session settings, float model
             fp32 = {"method": "fp32", "label": "fp32", "model": tag, "wbits": 32, "abits": 32, "top1": r["float_top1"],
                     "float_top1": r["float_top1"], "bytes": r["fp32_onnx_bytes"], "size_ratio": 1.0,
                     "latency_ms": r["fp32_latency_ms"], "fp32_onnx_top1": r["fp32_onnx_top1"], "seconds": 0.0}
             rows.insert(0, fp32)
-    timed(Q.ptq, model, splits, os.path.join(tmp, "ort-kl.onnx"), calibration="kl", engine="ort",
-          label="int8 PTQ (kl, ONNX Runtime's calibrator)", **calib)
-    r = timed(Q.qat, model, splits, os.path.join(tmp, "qat.onnx"), finetune=ft(args.qat_epochs), calibration="kl",
-              **calib)
-    r["ptq_top1"] = r.get("ptq_sim_top1")
-    for wbits, abits in ((4, 4), (2, 8)):
+    if want("ptq"):
+        timed(Q.ptq, model, splits, os.path.join(tmp, "ort-kl.onnx"), calibration="kl", engine="ort",
+              label="int8 PTQ (kl, ONNX Runtime's calibrator)", **calib)
+    if want("qat"):
+        r = timed(Q.qat, model, splits, os.path.join(tmp, "qat.onnx"), finetune=ft(args.qat_epochs),
+                  calibration="kl", **calib)
+        r["ptq_top1"] = r.get("ptq_sim_top1")
+    for wbits, abits in ((4, 4), (2, 8)) if want("lowbit") else ():
         timed(Q.lowbit, model, splits, wbits=wbits, abits=abits, calibration="percentile", finetune=ft(args.ft_epochs),
               **calib)
-    timed(Q.binary, model, splits, finetune=ft(args.ft_epochs))
-    timed(Q.ternary, model, splits, finetune=ft(args.ft_epochs))
-    for k in (16, 4):
+    if want("binary"):
+        timed(Q.binary, model, splits, finetune=ft(args.ft_epochs))
+    if want("ternary"):
+        timed(Q.ternary, model, splits, finetune=ft(args.ft_epochs))
+    for k in (16, 4) if want("cluster") else ():
         timed(Q.cluster, model, splits, clusters=k, finetune=ft(args.ft_epochs))
+    if not want("deep"):
+        return rows
     t0 = time.perf_counter()
     _, stages, _ = deep_compression(model, splits, ["prune", "cluster", "huffman"], cr=args.cr, clusters=16,
                                     epochs=args.ft_epochs, seed=0, progress=not args.quiet)
@@ -135,13 +146,19 @@ def main():
     ap.add_argument("--quick", action="store_true", help="digits + digitsnet, tiny budgets (a smoke run)")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--name", default="quantization", help="results file name (benchmarks/results/NAME.*)")
+    ap.add_argument("--only", type=lambda t: set(t.split(",")),
+                    help=f"re-run only these methods ({', '.join(METHODS)}); the other rows stay as the last run "
+                         "in results/NAME.json left them (after a fix to one method, say)")
     args = ap.parse_args()
+    if args.only and not args.only <= set(METHODS):
+        sys.exit(f"error: --only takes {', '.join(METHODS)}; got {', '.join(sorted(args.only - set(METHODS)))}")
     if args.quick:
         args.data, args.name = "digits", "quantization_quick"
         if args.model == "resnet20":
             args.model = "digitsnet"
         args.train_epochs, args.calib_images = min(args.train_epochs, 8), min(args.calib_images, 256)
 
+    previous = json.loads((RESULTS / f"{args.name}.json").read_text()) if args.only else None
     base, splits = get_model(args)
     models = [("base", base)]
     if args.pruned:
@@ -150,15 +167,21 @@ def main():
     for tag, model in models:
         print(f"{tag}: {args.model if tag == 'base' else args.pruned}")
         rows += run_all(model, splits, args, tag)
+    cmd = "python benchmarks/quantization.py " + " ".join(sys.argv[1:])
+    commands = [cmd]
+    if previous is not None:   # the rows not re-run, in table order
+        kept = [r for r in previous["rows"] if _method(r) not in args.only]
+        rows = sorted(kept + rows, key=lambda r: (r["model"] != "base", METHODS.index(_method(r))))
+        commands = previous.get("commands") or _first_command(args.name)
+        commands = commands + [cmd]
 
     flags = cpu_flags()
     simd = sorted(f for f in flags if f.startswith(("avx", "sse4", "fma", "amx", "asimd")))
     int8 = [r for r in rows if r["method"] in ("ptq", "qat")]
     slower = [r for r in int8 if r["int8_latency_ms"]["b1_ms"] >= r["fp32_latency_ms"]["b1_ms"]
               or r["int8_latency_ms"]["b64_ms"] >= r["fp32_latency_ms"]["b64_ms"]]
-    cmd = "python benchmarks/quantization.py " + " ".join(sys.argv[1:])
     md = [f"# Quantization and weight sharing ({args.data.split(':')[0]}, {args.model})", "",
-          f"Command: `{cmd}`. Calibration: {args.calib_images} training images; QAT {args.qat_epochs} epoch(s); "
+          "Commands: " + "; then ".join(f"`{c}`" for c in commands) + f". Calibration: {args.calib_images} training images; QAT {args.qat_epochs} epoch(s); "
           f"fine-tuning of low-bit, binary, ternary and k-means {args.ft_epochs} epoch(s) (lr 0.01); "
           f"Deep Compression prunes at cr {args.cr}, then 16 clusters.", "",
           markdown_table(HEADERS, [table_row(r) for r in rows]), "",
@@ -178,7 +201,20 @@ def main():
     RESULTS.mkdir(parents=True, exist_ok=True)
     plot([summary(r) for r in rows if r["model"] == "base"], RESULTS / f"{args.name}.png")
     md += ["", f"![accuracy and size per bit width]({args.name}.png)"]
-    write_results(args.name, {"args": vars(args), "vnni": has_vnni(), "cpu_flags": simd, "rows": rows}, "\n".join(md))
+    write_results(args.name, {"args": {**vars(args), "only": sorted(args.only or [])}, "commands": commands,
+                              "vnni": has_vnni(), "cpu_flags": simd, "rows": rows}, "\n".join(md))
+
+
+def _first_command(name):
+    """The command an older results file recorded only in its Markdown."""
+    import re
+    found = re.search(r"Command: `([^`]*)`", (RESULTS / f"{name}.md").read_text())
+    return [found.group(1)] if found else ["(an earlier run)"]
+
+
+def _method(row):
+    """The --only name a row belongs to (the fp32 row comes with ptq)."""
+    return {"fp32": "ptq"}.get(row["method"], row["method"])
 
 
 if __name__ == "__main__":
