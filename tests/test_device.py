@@ -139,3 +139,18 @@ def test_fake_quantization_calibrates_and_encodes_on_the_device(digits, device):
     assert codes.device.type == device and codebook.device.type == device
     plain = strip(sim)
     assert on(plain, device) and plain(x).shape == (2, 10)
+
+
+def test_deterministic_switches_cudnn_to_repeatable_kernels(monkeypatch):
+    """What `pick_device` turns on for CUDA (so the same seed gives the same weights there), and off."""
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    saved = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    try:
+        convslim.deterministic()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        import os
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        convslim.deterministic(False)
+        assert not torch.backends.cudnn.deterministic
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
