@@ -46,11 +46,12 @@ class ClusterWeight(nn.Module):
         centroids, labels = kmeans_1d(weight.detach().cpu().reshape(-1).numpy(), clusters, seed=seed)
         self.centroids = nn.Parameter(torch.from_numpy(centroids))
         self.register_buffer("indices", torch.from_numpy(labels).reshape(weight.shape))
+        sizes = torch.bincount(self.indices.reshape(-1), minlength=self.centroids.numel()).clamp(min=1)
+        self.register_buffer("sizes", sizes.to(self.centroids.dtype), persistent=False)   # weights per centroid
 
     def forward(self, w):
         c = self.centroids
-        counts = torch.bincount(self.indices.reshape(-1), minlength=c.numel()).clamp(min=1).to(c.dtype)
-        c = c / counts + (c - c / counts).detach()        # value: the centroids; gradient: the cluster's mean
+        c = c / self.sizes + (c - c / self.sizes).detach()   # value: the centroids; gradient: the cluster's mean
         return c[self.indices].to(w.dtype)
 
     @torch.no_grad()
