@@ -109,6 +109,7 @@ CASES = [
     _case("profile", "--model", M, "--batches", "0", msg="batch"),
     _case("profile", "--model", M, "--batches", "a,b", msg="batch"),
     _case("profile", "--model", M, "--repeats", "0", msg="--repeats"),
+    _case("profile", "--model", M, "--threads", "0", msg="--threads"),
     _case("profile", "--model", "resnet20", "--input-size", "0", msg="--input-size"),
     _case("profile", "--model", M, "--json", M, msg="also an input"),
     # export
@@ -175,6 +176,7 @@ CASES = [
     _case("compare", "--model", M, "--ratio", "1", msg="--ratio"),
     # quantize, compress, decompress
     _case("quantize", "--model", M, *D, "--bits", "0", "--out", "o.csz", msg="--bits"),
+    _case("quantize", "--model", M, *D, "--latency-batch", "1,x", "--out", "o.onnx", msg="--latency-batch"),
     _case("quantize", "--model", M, *D, "--bits", "17", "--out", "o.csz", msg="--bits"),
     _case("quantize", "--model", M, *D, "--method", "ptq", "--out", "o.csz", msg=".onnx"),
     _case("quantize", "--model", M, *D, "--method", "cluster", "--clusters", "1", "--out", "o.csz", msg="--clusters"),
