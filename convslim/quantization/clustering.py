@@ -51,7 +51,7 @@ class ClusterWeight(nn.Module):
 
     def forward(self, w):
         c = self.centroids
-        c = c / self.sizes + (c - c / self.sizes).detach()   # value: the centroids; gradient: the cluster's mean
+        c = c.detach() + (c - c.detach()) / self.sizes      # value: exactly the centroids; gradient: the cluster's mean
         return c[self.indices].to(w.dtype)
 
     @torch.no_grad()
