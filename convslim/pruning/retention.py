@@ -178,8 +178,9 @@ def keep_top(p, k):
 def plan_removals(groups, contributions, rule, value, *, multiple=1, snap=None):
     """Per group root, the channel indices to remove under one rule.
 
-    rule: 'cr' (value = cumulative contribution rate), 'ratio' (one ratio for every group), or
-    'ratios' (value = {layer name: ratio}, matched on the group root or any member layer).
+    rule: 'cr' (value = cumulative contribution rate), 'ratio' (one ratio for every group),
+    'ratios' (value = {layer name: ratio}, matched on the group root or any member layer), or
+    'counts' (value = {group root: channels kept}, e.g. from convslim.pruning.allocation).
     `snap(group, k) -> k' >= k` moves a group's count to one the deployment engine runs fast.
     """
     removals, kept = {}, {}
@@ -200,6 +201,11 @@ def plan_removals(groups, contributions, rule, value, *, multiple=1, snap=None):
             keep = keep_cumulative(p, value, multiple)
         elif rule == "ratio":
             keep = keep_ratio(p, value, multiple)
+        elif rule == "counts":
+            c = value.get(g.root, g.size)
+            if not 1 <= c <= g.size:
+                raise ConvslimError(f"group {g.root!r} has {g.size} channels; cannot keep {c}")
+            keep = keep_top(p, int(c))
         elif rule == "ratios":
             ratio = next((value[n] for n in [g.root, *g.layers] if n in value), 0.0)
             keep = keep_ratio(p, ratio, multiple)
