@@ -10,6 +10,8 @@
 #  3. (part "oracle", issue 12) auto against the oracle on the interim resnet20 (.gpu/resnet20-cifar10-70ep.pt
 #     carried too): the cr grid with a 5-epoch final fine-tune, then `auto` with the thesis's bisection and
 #     the progressive search, one seed (ORACLE_SEEDS), about 8 minutes alone on an H100.
+#  4. (part "thesis", issue 13) tables 3-3, 3-4 and 4-1 on vgg16@0.5 with 5-epoch fine-tunes, 2 seeds
+#     (about 200 epochs: resumable from its cache, results/pruning/ablations_recovery.json, over calls).
 # PARTS picks what runs (default "cuda ablation"; "cuda oracle" for the next session's rows).
 # Leaves $OUT/summary.txt and $OUT/res.tar.gz (logs, each run's JSON, the base run's model or state).
 # Every training run uses --resume, so one stopped at the deadline can be continued elsewhere.
@@ -19,7 +21,7 @@ END=${END:-550}                 # seconds after START when whatever still runs i
 EPOCHS=${EPOCHS:-30}            # each ablation arm
 BASE_EPOCHS=${BASE_EPOCHS:-100}
 DEVICE=${DEVICE:-cuda}
-PARTS=${PARTS:-cuda ablation}   # cuda: tests, demo, torchrun; ablation: table 0's trainings; oracle: table 8's rows
+PARTS=${PARTS:-cuda ablation}   # cuda: tests, demo, torchrun; ablation: table 0's trainings; oracle: table 8's rows; thesis: table 3a
 CUDA_PATH=0; case " $PARTS " in *" cuda "*) CUDA_PATH=1;; esac
 has() { case " $PARTS " in *" $1 "*) return 0;; esac; return 1; }
 # DATA_TAR: the image tree as .tar.gz (a dry run: a few images per class)
@@ -67,6 +69,12 @@ if has oracle; then
       --final-epochs "${ORACLE_FINAL:-5}" --probe-epochs 1 --batch-size 128 --searches thesis,progressive \
       > "$R/oracle.log" 2>&1; echo "rc=$?" >> "$R/oracle.log"
     mkdir -p "$R/oracle"; cp benchmarks/results/auto_oracle/*.json "$R/oracle/"; log "oracle done: $(tail -1 "$R/oracle.log")" ) &
+fi
+if has thesis; then   # issue 13's tables 3-3, 3-4, 4-1 at a real recovery (.gpu/vgg16w05-cifar10-45ep.pt carried)
+  ( cd benchmarks && CONVSLIM_CIFAR="$DATA_TAR" timeout "$(left)" "$PY" pruning_tables.py ablations \
+      --model "../${THESIS_MODEL:-.gpu/vgg16w05-cifar10-45ep.pt}" --device "$DEVICE" --seeds "${THESIS_SEEDS:-0,1}" \
+      --ft-epochs 5 --cache ablations_recovery > "$R/thesis.log" 2>&1; echo "rc=$?" >> "$R/thesis.log"
+    cp results/pruning/ablations_recovery.json "$R/" 2>/dev/null; log "thesis tables done: $(tail -1 "$R/thesis.log")" ) &
 fi
 has ablation || { while [ "$(jobs -rp | grep -vx "$SMI" | wc -l)" -gt 0 ] && [ "$(left)" -gt 1 ]; do sleep 5; done; }
 has ablation && tar -xzf "$DATA_TAR" -C /tmp/data/orig

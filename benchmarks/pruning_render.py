@@ -105,27 +105,44 @@ def criteria_plot(summary, runs):
     plt.close(fig)
 
 
-def ablation_tables(runs, base):
+def seeds_cell(rs, base):
+    """Change from the base over seeds: mean (and [min, max] when there are several)."""
+    if not rs:
+        return "-"
+    changes = [r["test"] - base for r in rs]
+    mean = statistics.mean(changes)
+    return (f"{mean:+.2f} ({base + mean:.2f})" if len(rs) == 1
+            else f"{mean:+.2f} [{min(changes):+.2f}, {max(changes):+.2f}]")
+
+
+def ablation_tables(runs, base, title="## 3. The thesis's ablations"):
     if not runs:
-        return "## 3. The thesis's ablations\n\nNot run yet."
+        return f"{title}\n\nNot run yet."
+    table = "ablations_recovery" if "recovery" in title else "ablations"
     model = next(iter(runs)).split("|")[0]
     b = base[model]["test"]
-    get = {(r.get("perm"), r.get("input"), r.get("ratio")): r for r in runs.values() if r["table"] == "3-3/3-4"}
-    t33 = [[ratio] + [change(get[(p, "data", ratio)]["test"], b) if (p, "data", ratio) in get else "-"
-                      for p in ("zero", "reinit", "shuffle")]
-           + [f"{get[('shuffle', 'data', ratio)]['flops_reduction']:.1f}" if ("shuffle", "data", ratio) in get else "-"]
+    get = defaultdict(list)
+    for r in runs.values():
+        if r["table"] == "3-3/3-4":
+            get[(r.get("perm"), r.get("input"), r.get("ratio"))].append(r)
+    seeds = len({r.get("seed", 0) for r in runs.values() if "test" in r})
+    t33 = [[ratio] + [seeds_cell(get[(p, "data", ratio)], b) for p in ("zero", "reinit", "shuffle")]
+           + [f"{get[('shuffle', 'data', ratio)][0]['flops_reduction']:.1f}" if get[("shuffle", "data", ratio)] else "-"]
            + [THESIS["3-3"][p][i] for p in ("zero", "reinit", "shuffle")] for i, ratio in enumerate(RATIOS)]
-    t34 = [[ratio] + [change(get[("shuffle", inp, ratio)]["test"], b) if ("shuffle", inp, ratio) in get else "-"
-                      for inp in ("random", "data")] + [THESIS["3-4"][inp][i] for inp in ("random", "data")]
-           for i, ratio in enumerate(RATIOS)]
-    t41 = [[f"{r['rule']} {r['value']:.3f}", change(r["test"], b), f"{r['flops_reduction']:.1f}",
-            f"{r['params_reduction']:.1f}"]
-           for r in sorted((r for r in runs.values() if r["table"] == "4-1"),
-                           key=lambda r: (r.get("matches_cr", r["value"]) * -1, r["rule"]))]
-    r = next(iter(runs.values()))
-    return (f"## 3. The thesis's ablations ({model}, base test {b:.2f}%, one seed)\n\n" + commands("ablations")
-            + f"Each pruned model gets BatchNorm re-estimation and {r['ft_epochs']:g} epoch of fine-tuning at lr "
-              f"{r['lr']:g}.\n\n"
+    t34 = [[ratio] + [seeds_cell(get[("shuffle", inp, ratio)], b) for inp in ("random", "data")]
+           + [THESIS["3-4"][inp][i] for inp in ("random", "data")] for i, ratio in enumerate(RATIOS)]
+    by_rule = defaultdict(list)
+    for r in runs.values():
+        if r["table"] == "4-1":
+            by_rule[(r.get("matches_cr", r["value"]), r["rule"])].append(r)
+    t41 = [[f"{rs[0]['rule']} {statistics.mean(r['value'] for r in rs):.3f}", seeds_cell(rs, b),
+            f"{statistics.mean(r['flops_reduction'] for r in rs):.1f}",
+            f"{statistics.mean(r['params_reduction'] for r in rs):.1f}"]
+           for (_, _), rs in sorted(by_rule.items(), key=lambda kv: (-kv[0][0], kv[0][1]))]
+    r = next(r for r in runs.values() if "test" in r)
+    return (f"{title} ({model}, base test {b:.2f}%, {seeds} seed{'s' if seeds > 1 else ''})\n\n" + commands(table)
+            + f"Each pruned model gets BatchNorm re-estimation and {r['ft_epochs']:g} epoch(s) of fine-tuning at lr "
+              f"{r['lr']:g}. Cells: test change from the base, mean over seeds [min, max].\n\n"
             "### Table 3-3: permutation methods at one pruning ratio per layer\n\nThe thesis's own method: sampled "
             "permutation (one draw), conv-output measure, data input. Columns 2-4 are ours, the last three are "
             "seed 003's VGG16 (full width, base 89.08%, its own fine-tuning), quoted for reference.\n\n"
@@ -227,6 +244,7 @@ def render():
     if summary:
         criteria_plot(summary, crit)
     figure_4_4(abl)
+    abl_recovery = load("ablations_recovery")
     proxy_md = proxy_table(crit)
     md = "\n\n".join([
         "# Pruning benchmarks on CIFAR-10 (issue 4)\n\nEvery figure below comes from the cached runs in "
@@ -242,6 +260,11 @@ def render():
         "the top of this page.\n\n" + recovery_md,
         "## 2. Criteria at matched FLOPs (short budget: how fast each criterion recovers)\n\n" + crit_md
         + "\n\n![criteria](results/pruning/criteria.png)",
+        ablation_tables(abl_recovery, base, "## 3a. The thesis's ablations at a real recovery (issue 13)")
+        if abl_recovery else "## 3a. The thesis's ablations at a real recovery (issue 13)\n\nNeeds a GPU: "
+        "`python pruning_tables.py ablations --model ../../shared/bases/vgg16w05-cifar10-45ep.pt --seeds 0,1 "
+        "--ft-epochs 5 --cache ablations_recovery` is about 200 epochs of vgg16@0.5 (several hours on this CPU, "
+        "minutes on a GPU).",
         ablation_tables(abl, base), auto_table(auto), speed_table(speed), proxy_md,
         *[(RESULTS / f"{name}.md").read_text().strip() for name in ("latency_pruning", "auto_oracle")
           if (RESULTS / f"{name}.md").exists()]])

@@ -9,6 +9,8 @@ Run from benchmarks/ (the model paths below are relative to it):
     python pruning_tables.py criteria --model ../../shared/bases/resnet20-cifar10-70ep.pt --levels 50 \
         --seeds 0,1,2 --ft-epochs 5 --cache criteria_recovery --variants "perm expected conv,tp l1,..."
     python pruning_tables.py ablations --model ../runs/vgg16w25.pt
+    python pruning_tables.py ablations --model ../../shared/bases/vgg16w05-cifar10-45ep.pt --seeds 0,1 \
+        --ft-epochs 5 --cache ablations_recovery         # tables 3-3, 3-4, 4-1 at a real recovery (GPU)
     python pruning_tables.py auto --models ../runs/r20.pt,../runs/vgg16w25.pt
     python pruning_tables.py speed
     python pruning_tables.py render
@@ -173,35 +175,44 @@ def cmd_criteria(args):
 
 
 def cmd_ablations(args):
-    cache = Cache("ablations")
+    """Tables 3-3, 3-4 and 4-1. The default cache keeps its one-seed keys; a named --cache (the
+    real-recovery tables) keys every run by seed and fine-tune too, so seeds add up over runs."""
+    cache = Cache(args.cache or "ablations")
     model, splits, name = open_model(args.model, args.data)
-    seed = args.seeds[0]
+    for seed in args.seeds if args.cache else args.seeds[:1]:
+        tag = f"|seed {seed}|ft {args.ft_epochs:g}" if args.cache else ""
+        ablation_runs(model, splits, name, args, cache, seed, tag)
+
+
+def ablation_runs(model, splits, name, args, cache, seed, tag):
     thesis_opts = {"estimator": "sample", "measure": "conv"}   # the thesis's own method
     for perm, inp in [("zero", "data"), ("reinit", "data"), ("shuffle", "data"), ("shuffle", "random")]:
+        keys = {ratio: f"{name}|{perm}|{inp}|ratio {ratio}{tag}" for ratio in RATIOS}
+        if all(k in cache for k in keys.values()):
+            continue
         imp = channel_importance(model, splits, seed=seed,
                                  options=PermutationOptions(perm=perm, input=inp, seed=seed, **thesis_opts))
-        for ratio in RATIOS:
-            key = f"{name}|{perm}|{inp}|ratio {ratio}"
+        for ratio, key in keys.items():
             if key not in cache:
                 slim, kept = apply_rule(model, imp, "ratio", ratio)
-                cache.put(key, {"table": "3-3/3-4", "perm": perm, "input": inp, "ratio": ratio,
+                cache.put(key, {"table": "3-3/3-4", "perm": perm, "input": inp, "ratio": ratio, "seed": seed,
                                 **pruned_row(model, slim), **finetune(slim, splits, args, seed)})
     imp = channel_importance(model, splits, seed=seed, options=PermutationOptions(seed=seed))  # convslim default
     for cr in args.crs:
-        key = f"{name}|cr {cr}"
+        key = f"{name}|cr {cr}{tag}"
         slim, kept = apply_rule(model, imp, "cr", cr)
         if key not in cache:
-            cache.put(key, {"table": "4-1", "rule": "cr", "value": cr, **pruned_row(model, slim, kept),
+            cache.put(key, {"table": "4-1", "rule": "cr", "value": cr, "seed": seed, **pruned_row(model, slim, kept),
                             **finetune(slim, splits, args, seed)})
-        gkey = f"{name}|global matching cr {cr}"
+        gkey = f"{name}|global matching cr {cr}{tag}"
         if gkey not in cache:
             ratio = rule_for_flops(model, imp, "ratio", counts(slim)["flops"])
             gslim, gkept = apply_rule(model, imp, "ratio", ratio)
-            cache.put(gkey, {"table": "4-1", "rule": "global ratio", "value": ratio, "matches_cr": cr,
+            cache.put(gkey, {"table": "4-1", "rule": "global ratio", "value": ratio, "matches_cr": cr, "seed": seed,
                              **pruned_row(model, gslim, gkept), **finetune(gslim, splits, args, seed)})
     for cr in (1.0, 0.9, 0.8, 0.6, 0.4, 0.3):
-        cache.put(f"{name}|fig 4-4 cr {cr}", {"table": "fig 4-4", "cr": cr,
-                                                 "kept": apply_rule(model, imp, "cr", cr)[1]})
+        cache.put(f"{name}|fig 4-4 cr {cr}{tag}", {"table": "fig 4-4", "cr": cr,
+                                                    "kept": apply_rule(model, imp, "cr", cr)[1]})
 
 
 def cmd_auto(args):
@@ -257,11 +268,11 @@ def main():
             p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1])
             p.add_argument("--proxy-epochs", type=float, default=0.0, help="probe budget of the recovery proxy")
             p.add_argument("--proxy-seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0])
+            p.add_argument("--cache", help=f"cache table name (default {table}); a real-recovery table "
+                                            "keeps its runs apart from the short-budget one")
         if table == "criteria":
             p.add_argument("--levels", type=lambda s: [int(x) for x in s.split(",")], default=[50, 70])
             p.add_argument("--variants", type=lambda s: s.split(","), default=list(VARIANTS))
-            p.add_argument("--cache", help="cache table name (default criteria); a real-recovery table "
-                                            "keeps its runs apart from the short-budget one")
         if table == "ablations":
             p.add_argument("--crs", type=lambda s: [float(x) for x in s.split(",")], default=[0.9, 0.8, 0.6, 0.4])
         if table == "auto":
