@@ -21,7 +21,6 @@ from convslim.checkpoint import example_input, record_of
 from convslim.latency import LatencyTable, compare_ms, measure_onnx
 from convslim.metrics import alternating, count
 from convslim.pruning.auto import cr_for_target
-from convslim.pruning.allocation import allocate
 from convslim.pruning.latency_aware import LatencySnap
 from convslim.pruning.prune import apply_rule, channel_importance
 from convslim.quantization.methods import int8_onnx
@@ -31,7 +30,7 @@ from common import CIFAR, RESULTS, RunCache, markdown_table
 CACHE = RESULTS / "latency_pruning"
 MODELS = Path(__file__).resolve().parents[1] / "runs" / "latency_pruning"     # pruned models (not committed)
 DATA = f"cifar10:{CIFAR}"
-VARIANTS = ("flops only", "multiple 8", "multiple 16", "latency-aware", "allocated", "uniform x8")
+VARIANTS = ("flops only", "multiple 8", "multiple 16", "latency-aware", "uniform x8")
 BATCHES = (1, 64)
 
 
@@ -51,9 +50,6 @@ def pruned(model, imp, variant, goal, snap):
             mid = (lo + hi) / 2
             lo, hi = (lo, mid) if flops(apply_rule(model, imp, "ratio", mid, multiple=8)[0]) <= goal else (mid, hi)
         return apply_rule(model, imp, "ratio", hi, multiple=8), hi
-    if variant == "allocated":           # every count chosen at once among the fast ones (HALP-like)
-        counts = allocate(model, imp, snap, goal)
-        return apply_rule(model, imp, "counts", counts), None
     kw = {"multiple 8": {"multiple": 8}, "multiple 16": {"multiple": 16},
           "latency-aware": {"latency": snap}}.get(variant, {})
     cr = cr_for_target(lambda v: flops(apply_rule(model, imp, "cr", v, **kw)[0]), goal)

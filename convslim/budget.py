@@ -286,15 +286,20 @@ def calibrated_search(probe, candidate, task, cfg, log, key, base_val, done, say
         lo, hi = 0.0, 1.0
         while hi - lo > cfg.min_interval + 1e-12:
             value = (lo + hi) / 2
+            if ("probe", value) not in done and spent() + cfg.probe_epochs > cfg.final_epochs + 1e-9:
+                break                                          # no epochs left for another reading
             rec = probe(value)
             if "decision" not in rec:
                 _keep(log, rec, None, key, "read", say)
             lo, hi = (lo, value) if rec["val_acc"] >= threshold else (value, hi)
         if hi >= 1.0:       # nothing kept yet: learn the gap at the mildest candidate read so far
-            hi = max(v for kind, v in done if kind == "probe")
+            read = [v for kind, v in done if kind == "probe"]
+            if not read:
+                break
+            hi = max(read)
         if best is not None and hi >= best[key]:
             break                                              # nothing more compressed to try
-        if best is not None and spent() + verify_epochs > cfg.final_epochs + 1e-9:
+        if ("verify", hi) not in done and spent() + verify_epochs > cfg.final_epochs + 1e-9:
             break                                              # the search may not cost more than the final fine-tune
         v = done.get(("verify", hi))
         if v is None:

@@ -262,9 +262,18 @@ def test_calibrated_search_verifies_and_stays_within_the_epoch_budget(digits, tm
     if kept:
         assert summary["chosen_cr"] == min(r["cr"] for r in kept)
         assert all(r["val_acc"] + 2.0 >= summary["base_val_acc"] for r in kept)
-    assert summary["search_epochs"] <= cfg.final_epochs or len(verified) == 1
+    assert summary["search_epochs"] <= cfg.final_epochs
     again, summary2 = convslim.auto_prune(model, digits, cfg, log_path=log, progress=False)   # resumes: no new work
     assert summary2["chosen_cr"] == summary["chosen_cr"] and len(json.loads(log.read_text())["probes"]) == len(records)
+
+
+def test_calibrated_search_never_spends_more_than_the_final_fine_tune(digits):
+    """A budget too small for a verification: the readings stop where the epochs run out."""
+    model = copy.deepcopy(trained_model(digits))
+    cfg = convslim.SearchConfig(max_acc_loss=2.0, min_interval=0.125, probe_epochs=0.25, final_epochs=0.6,
+                                batch_size=64, device="cpu", search="calibrated", verify_epochs=0.5)
+    _, summary = convslim.auto_prune(model, digits, cfg, progress=False)
+    assert summary["search_epochs"] <= cfg.final_epochs + 1e-9
 
 
 def test_a_stop_in_the_final_fine_tune_resumes_to_the_same_model(digits, tmp_path, monkeypatch):

@@ -8,7 +8,6 @@ from ..checkpoint import ensure_record, example_input, record_of
 from ..errors import ConvslimError
 from ..latency import measure_model
 from ..metrics import count
-from .allocation import allocate
 from .latency_aware import LatencySnap
 from .progressive import progressive_search
 from .prune import apply_rule, channel_importance, cr_for_target, kept_per_layer
@@ -121,7 +120,6 @@ def prune_to_target(model, imp, task, cfg, target, teacher, snap=None, echo=prin
     """The dual mode of auto_prune: the least pruned model under a FLOPs, params or latency target."""
     base_counts = count(model, example_input(model))
     t0 = time.perf_counter()
-    rule = "cr"
     if target[0] == "latency":
         if snap is None:
             raise ConvslimError("a latency target needs a latency table of the engine you deploy to (latency=...)")
@@ -131,20 +129,12 @@ def prune_to_target(model, imp, task, cfg, target, teacher, snap=None, echo=prin
         cr = cr_for_latency(model, imp, cfg, snap, goal, echo)
     else:
         metric, goal = target_count(target, base_counts)
-        if snap is not None and metric == "flops" and cfg.multiple == 1:
-            # every count chosen at once among the fast ones (HALP-like; benchmarks/RESULTS.md table 7)
-            rule, value = "counts", allocate(model, imp, snap, goal)
-        else:
-            x = example_input(model)
-            cr = cr_for_target(lambda v: count(apply_rule(model, imp, "cr", v, multiple=cfg.multiple,
-                                                          latency=snap)[0], x)[metric], goal, what=metric)
-    if rule == "cr":
-        value = cr
-    best, kept = apply_rule(model, imp, rule, value, multiple=cfg.multiple, latency=snap)
+        x = example_input(model)
+        cr = cr_for_target(lambda v: count(apply_rule(model, imp, "cr", v, multiple=cfg.multiple, latency=snap)[0],
+                                           x)[metric], goal, what=metric)
+    best, kept = apply_rule(model, imp, "cr", cr, multiple=cfg.multiple, latency=snap)
     recover(best, task, dataclasses.replace(cfg, probe_epochs=0))   # BN statistics only; the final tune follows
-    pruned = rule == "counts" or value < 1.0
-    summary = finish(model, best, task, cfg, base_counts, tune=pruned, teacher=teacher,
-                     chosen_cr=value if rule == "cr" else None, allocation=value if rule == "counts" else None,
+    summary = finish(model, best, task, cfg, base_counts, tune=cr < 1.0, teacher=teacher, chosen_cr=cr,
                      target={"metric": metric, "value": goal}, search="target",
                      search_seconds=time.perf_counter() - t0)
     summary.update(channels=kept_per_layer(best), base_channels=kept_per_layer(model))

@@ -180,7 +180,7 @@ def plan_removals(groups, contributions, rule, value, *, multiple=1, snap=None):
 
     rule: 'cr' (value = cumulative contribution rate), 'ratio' (one ratio for every group),
     'ratios' (value = {layer name: ratio}, matched on the group root or any member layer), or
-    'counts' (value = {group root: channels kept}, e.g. from convslim.pruning.allocation).
+    'counts' (value = {group root: channels kept}: counts you chose for your hardware).
     `snap(group, k) -> k' >= k` moves a group's count to one the deployment engine runs fast.
     """
     removals, kept = {}, {}
