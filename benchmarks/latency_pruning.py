@@ -103,7 +103,7 @@ def cmd_time(args):
         if key in cache and not args.redo:
             continue
         base = convslim.load(rows[0]["base"])
-        models = [base] + [convslim.load(MODELS / r["file"]) for r in rows]
+        models = [base] + [architecture(base, r) for r in rows]
         shape = record_of(base).input_shape
         record = {"threads": args.threads, "rounds": args.rounds, "variants": [r["variant"] for r in rows]}
         for b in BATCHES:
@@ -111,9 +111,28 @@ def cmd_time(args):
                             rounds=args.rounds)
             record[f"b{b}"] = {"base": ms[0], **{r["variant"]: m for r, m in zip(rows, ms[1:])}}
         aware = next((r for r, m in zip(rows, models[1:]) if r["variant"] == "latency-aware"), None)
-        if aware is not None:
+        if aware is not None and (MODELS / aware["file"]).exists():
             record["int8"] = int8_row(base, convslim.load(MODELS / aware["file"]), args)
+        elif key in cache and "int8" in cache.runs[key]:
+            record["int8"] = cache.runs[key]["int8"]        # needs the trained model: kept from its run
         cache.put(key, record)
+
+
+SCORES = {}          # base path -> its channel importance (which channels go does not change the time)
+
+
+def architecture(base, row):
+    """The pruned model of a row, or, when its file is gone (runs/ is not committed), the same
+    architecture pruned again from the base by its recorded channel counts: time depends on the
+    shapes, not on the weights, so timing needs no fine-tune."""
+    path = MODELS / row["file"]
+    if path.exists():
+        return convslim.load(path)
+    if row["base"] not in SCORES:
+        SCORES[row["base"]] = channel_importance(base, data_for(base, DATA), seed=0)
+    slim, kept = apply_rule(base, SCORES[row["base"]], "counts", row["kept"])
+    assert kept == row["kept"]
+    return slim
 
 
 def int8_row(base, slim, args):

@@ -29,7 +29,7 @@ from .task import as_task
 from .train import TrainConfig, recalibrate_bn
 
 
-SEARCHES = ("thesis", "calibrated", "progressive")
+SEARCHES = ("thesis", "calibrated", "progressive", "verified")
 
 
 @dataclass

@@ -9,7 +9,7 @@ from ..errors import ConvslimError
 from ..latency import measure_model
 from ..metrics import count
 from .latency_aware import LatencySnap
-from .progressive import progressive_search
+from .progressive import progressive_search, verified_search
 from .prune import apply_rule, channel_importance, cr_for_target, kept_per_layer
 
 __all__ = ["SearchConfig", "auto_prune"]
@@ -51,12 +51,13 @@ def auto_prune(model, data=None, cfg=None, *, example_input=None, evaluate=None,
     if target is not None:
         return prune_to_target(model, imp, task, cfg, target, teacher, snap, echo)
     header = {"model": model_id, "criterion": imp.criterion, "options": imp.options}
-    if cfg.search == "progressive":
+    if cfg.search in ("progressive", "verified"):
         def score(current):          # the first step reuses the scores given; later ones score the smaller model
             return imp if current is model else channel_importance(
                 current, data if data is not None and batches is None else task, criterion=imp.criterion,
                 calib_batches=calib_batches, options=options, seed=cfg.seed, ignored_layers=ignored_layers)
-        return progressive_search(model, task, cfg, score, header={**header, "config": dataclasses.asdict(cfg)},
+        search = progressive_search if cfg.search == "progressive" else verified_search
+        return search(model, task, cfg, score, header={**header, "config": dataclasses.asdict(cfg)},
                                   teacher=teacher, log_path=log_path, settings=settings, snap=snap,
                                   progress=progress, echo=echo)
     best, summary, _ = budget_search(model, task, cfg, make, key="cr", header=header, teacher=teacher,

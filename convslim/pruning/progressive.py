@@ -118,3 +118,80 @@ def progressive_search(model, task, cfg, score, *, header, teacher=None, log_pat
     summary.update(channels=kept_per_layer(current), base_channels=kept_per_layer(model),
                    seconds_this_run=time.perf_counter() - t_start)
     return current, summary
+
+
+def verified_search(model, task, cfg, score, *, header, teacher=None, log_path=None, settings=None,
+                    snap=None, first_share=0.25, min_share=0.02, grow=1.5, verify_share=0.5, progress=True,
+                    echo=print):
+    """Progressive steps judged one by one, then the result verified by a longer fine-tune.
+
+    Phase 1 (1 - verify_share of the search epochs): each step removes `share` of the current
+    FLOPs and is recovered for `probe_epochs`; it is kept when it reads at most the budget below
+    the reading before it (a step's own damage, not the sum: the final fine-tune repairs most of
+    it, and the verification guards the sum). A kept step grows the next share by `grow`, a
+    rejected one halves it. Phase 2: the last kept model is fine-tuned for the rest of the search
+    epochs and judged against the base with the budget. If it fails, the kept steps are undone one
+    by one, each undo crediting back that step's measured cost, until the estimate is within budget."""
+    t_start = time.perf_counter()
+    base_val = float(task.evaluate(model))
+    base_counts = count(model, example_input(model))
+    log = SearchLog(None, {**header, "search": "verified", "base_val_acc": round(base_val, 6)}, settings)
+    step_epochs = max(cfg.probe_epochs, 1e-9)
+    phase1 = cfg.final_epochs * (1 - verify_share)
+    kept = [(model, base_val, 0.0)]          # (model, its reading, the cost of the step that made it)
+    share, spent = first_share, 0.0
+    while share >= min_share and spent + step_epochs <= phase1 + 1e-9:
+        t0 = time.perf_counter()
+        current, start_val, _ = kept[-1]
+        imp = score(current)
+        fast = LatencySnap(current, imp.groups, snap.tables) if snap is not None else None
+        cr = step_cr(current, imp, share, cfg.multiple, fast)
+        cand, channels = apply_rule(current, imp, "cr", cr, multiple=cfg.multiple, latency=fast)
+        recover(cand, task, cfg, teacher)
+        spent += cfg.probe_epochs
+        val = float(task.evaluate(cand))
+        cost = start_val - val
+        counts = count(cand, example_input(cand))
+        ok = cost <= cfg.max_acc_loss and counts["flops"] < count(current, example_input(current))["flops"]
+        rec = {"probe": len(log.probes) + 1, "kind": "step", "cr": cr, "share": share, "channels": channels,
+               "flops": counts["flops"], "params": counts["params"], "val_acc": val, "start_val_acc": start_val,
+               "cost": cost, "epochs": cfg.probe_epochs, "decision": "keep" if ok else "reject",
+               "seconds": time.perf_counter() - t0}
+        log.add(rec)
+        if ok:
+            kept.append((cand, val, cost))
+            share = min(share * grow, 0.5)
+        else:
+            share /= 2
+        if progress:
+            echo(f"step {rec['probe']}: remove {100 * rec['share']:.1f}% (cr {cr:.4f}) {task.metric} {val:.2f} "
+                 f"(from {start_val:.2f}, cost {cost:.2f})  FLOPs -{100 * (1 - counts['flops'] / base_counts['flops']):.1f}%  {rec['decision']}")
+    chosen = None
+    if len(kept) > 1:
+        verify = cfg.final_epochs - spent
+        last = kept[-1][0]
+        task.tune(last, verify, teacher)
+        spent += verify
+        estimate = float(task.evaluate(last))
+        log.add({"probe": len(log.probes) + 1, "kind": "verify", "val_acc": estimate, "epochs": verify,
+                 "flops": count(last, example_input(last))["flops"], "seconds": 0.0,
+                 "decision": "keep" if estimate + cfg.max_acc_loss >= base_val else "reject"})
+        if progress:
+            echo(f"verify: {verify:g} epochs -> {task.metric} {estimate:.2f} (base {base_val:.2f})")
+        for i in range(len(kept) - 1, 0, -1):
+            if estimate + cfg.max_acc_loss >= base_val:
+                chosen = kept[i][0]
+                break
+            estimate += kept[i][2]                     # undo step i: credit back its measured cost
+    pruned = chosen is not None
+    if not pruned:
+        echo("no step stayed within the accuracy budget: nothing is pruned, nothing is fine-tuned; the model is "
+             "returned as it came (try a larger --max-acc-loss or longer --probe-epochs)")
+        chosen = copy.deepcopy(model)
+    summary = finish(model, chosen, task, cfg, base_counts, tune=pruned, teacher=teacher, base_val=base_val,
+                     search="verified", probes=len(log.probes), verifications=1 if pruned else 0,
+                     search_seconds=time.perf_counter() - t_start, search_epochs=spent, chosen_cr=None,
+                     max_acc_loss=cfg.max_acc_loss, log=log.probes)
+    summary.update(channels=kept_per_layer(chosen), base_channels=kept_per_layer(model),
+                   seconds_this_run=time.perf_counter() - t_start)
+    return chosen, summary
