@@ -66,7 +66,7 @@ fi
 if has oracle; then
   ( CONVSLIM_CIFAR="$DATA_TAR" timeout "$(left)" "$PY" benchmarks/auto_oracle.py \
       --model "${ORACLE_MODEL:-.gpu/resnet20-cifar10-70ep.pt}" --device "$DEVICE" --seeds "${ORACLE_SEEDS:-0}" \
-      --final-epochs "${ORACLE_FINAL:-5}" --probe-epochs 1 --batch-size 128 --searches thesis,progressive \
+      --final-epochs "${ORACLE_FINAL:-5}" --probe-epochs 1 --batch-size 128 --searches thesis,progressive,verified \
       > "$R/oracle.log" 2>&1; echo "rc=$?" >> "$R/oracle.log"
     mkdir -p "$R/oracle"; cp benchmarks/results/auto_oracle/*.json "$R/oracle/"; log "oracle done: $(tail -1 "$R/oracle.log")" ) &
 fi

@@ -43,7 +43,7 @@ class SearchConfig:
     batch_size: int = 128
     distill: bool = False          # final fine-tune learns from the original model (KD)
     multiple: int = 1              # round channel counts up to a multiple (hardware)
-    search: str = "thesis"         # thesis (bisection on probe readings) | calibrated | progressive (see README)
+    search: str = "thesis"         # thesis (bisection on probe readings) | calibrated | progressive | verified (README)
     verify_epochs: float = None    # calibrated: fine-tune per verification (default final_epochs / 4)
     seed: int = 0
     device: str = "auto"

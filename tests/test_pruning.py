@@ -345,3 +345,35 @@ def test_progressive_search_compounds_steps_within_the_epoch_budget_and_resumes(
     reloaded = convslim.load(log.with_name(log.name + ".candidate.pt"))
     assert convslim.count(reloaded, torch.randn(1, 1, 8, 8))["flops"] == summary["flops"]
     assert best(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_verified_search_judges_steps_verifies_within_the_epoch_budget_and_resumes(digits, tmp_path):
+    """Steps are kept on their own cost, the last kept model is verified by a longer fine-tune, the
+    search costs no more epochs than the final fine-tune, and a stop resumes to the same answer."""
+    model = copy.deepcopy(trained_model(digits))
+    cfg = convslim.SearchConfig(max_acc_loss=3.0, probe_epochs=0.5, final_epochs=3, lr=0.02, batch_size=64,
+                                device="cpu", search="verified")
+    log = tmp_path / "search.json"
+    with pytest.raises(KeyboardInterrupt):
+        convslim.auto_prune(model, digits, cfg, log_path=log, echo=interrupt_at("step 2", []), progress=True)
+    assert len(json.loads(log.read_text())["probes"]) == 2
+    best, summary = convslim.auto_prune(model, digits, cfg, log_path=log, progress=False)
+    records = json.loads(log.read_text())["probes"]
+    steps = [r for r in records if r["kind"] == "step"]
+    assert summary["search_epochs"] == pytest.approx(sum(r["epochs"] for r in records))
+    assert summary["search_epochs"] <= cfg.final_epochs + 1e-9
+    assert sum(s["epochs"] for s in steps) <= cfg.final_epochs / 2 + 1e-9        # phase 1: half the budget
+    share = 0.25
+    for s in steps:
+        assert s["share"] == pytest.approx(share)
+        assert (s["decision"] == "keep") == (s["start_val_acc"] - s["val_acc"] <= 3.0)
+        share = min(share * 1.5, 0.5) if s["decision"] == "keep" else share / 2
+    kept = [s for s in steps if s["decision"] == "keep"]
+    if kept:
+        verify = records[-1]
+        assert verify["kind"] == "verify" and summary["verifications"] == 1
+        if verify["val_acc"] + 3.0 >= summary["base_val_acc"]:
+            assert summary["flops"] == kept[-1]["flops"]
+    again, summary2 = convslim.auto_prune(model, digits, cfg, log_path=log, progress=False)   # all done: no new work
+    assert summary2["flops"] == summary["flops"] and len(json.loads(log.read_text())["probes"]) == len(records)
+    assert best(torch.randn(2, 1, 8, 8)).shape == (2, 10)

@@ -126,7 +126,7 @@ def cmd_auto(args):
         print(f"pruning to at most {what}, then {cfg.final_epochs:g} epochs of fine-tuning")
     else:
         how = (f"steps that each remove a share of the current FLOPs, {cfg.probe_epochs:g} epochs each, at most "
-               f"{cfg.final_epochs:g} epochs in all" if cfg.search == "progressive" else
+               f"{cfg.final_epochs:g} epochs in all" if cfg.search in ("progressive", "verified") else
                f"cr in [0, 1] to within {cfg.min_interval}")
         print(f"searching {how} ({cfg.search} search), budget {cfg.max_acc_loss} points on the validation split; "
               f"log {log}")
@@ -213,7 +213,9 @@ def register(sub):
     p.add_argument("--log", help="search log (default OUT.search.json); an existing one is resumed")
     p.add_argument("--search", choices=SEARCHES, default=SearchConfig.search,
                    help="thesis: bisection on probe readings; calibrated: readings corrected by a gap measured "
-                        "with verification fine-tunes (see README)")
+                        "with verification fine-tunes; progressive: compounding steps, paired costs summed; "
+                        "verified: compounding steps judged one by one, then one verification fine-tune "
+                        "(see README)")
     goal = p.add_mutually_exclusive_group()
     goal.add_argument("--target-flops", type=count_value, help="dual mode: the least pruned model with at most "
                       "this many FLOPs (a share such as 0.5, or a count such as 20M); no accuracy budget")

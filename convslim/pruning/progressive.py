@@ -126,21 +126,37 @@ def verified_search(model, task, cfg, score, *, header, teacher=None, log_path=N
     """Progressive steps judged one by one, then the result verified by a longer fine-tune.
 
     Phase 1 (1 - verify_share of the search epochs): each step removes `share` of the current
-    FLOPs and is recovered for `probe_epochs`; it is kept when it reads at most the budget below
-    the reading before it (a step's own damage, not the sum: the final fine-tune repairs most of
-    it, and the verification guards the sum). A kept step grows the next share by `grow`, a
+    model's FLOPs and is recovered for `probe_epochs`; it is kept when it reads at most the budget
+    below the reading before it: a step's own damage, not the sum, since the final fine-tune repairs
+    most of it and the verification guards the sum. A kept step grows the next share by `grow`, a
     rejected one halves it. Phase 2: the last kept model is fine-tuned for the rest of the search
-    epochs and judged against the base with the budget. If it fails, the kept steps are undone one
-    by one, each undo crediting back that step's measured cost, until the estimate is within budget."""
+    epochs and judged against the base with the budget. If it fails, kept steps are undone from the
+    last, each crediting back its measured cost, until the estimate is within budget (an undone
+    step's model is the one saved when it was kept). Every step and its kept model are saved beside
+    the log, so a stopped search resumes where it was."""
     t_start = time.perf_counter()
     base_val = float(task.evaluate(model))
     base_counts = count(model, example_input(model))
-    log = SearchLog(None, {**header, "search": "verified", "base_val_acc": round(base_val, 6)}, settings)
-    step_epochs = max(cfg.probe_epochs, 1e-9)
+    log = SearchLog(log_path, {**header, "search": "verified", "base_val_acc": round(base_val, 6)}, settings)
     phase1 = cfg.final_epochs * (1 - verify_share)
     kept = [(model, base_val, 0.0)]          # (model, its reading, the cost of the step that made it)
-    share, spent = first_share, 0.0
-    while share >= min_share and spent + step_epochs <= phase1 + 1e-9:
+
+    def saved(n):
+        return log.candidate_path.with_name(f"{log.path.name}.step{n}.pt") if log.path else None
+
+    share, spent, verified = first_share, 0.0, None
+    for rec in log.probes:                   # a resumed search: its steps so far and their models
+        spent += rec["epochs"]
+        if rec["kind"] == "verify":
+            verified = rec
+        elif rec["decision"] == "keep":
+            path = saved(rec["probe"])
+            kept.append((rebuild(read(path), path, model=fresh_base(model)).to(device_of(model)), rec["val_acc"],
+                         rec["cost"]))
+            share = min(rec["share"] * grow, 0.5)
+        else:
+            share = rec["share"] / 2
+    while verified is None and share >= min_share and spent + cfg.probe_epochs <= phase1 + 1e-9:
         t0 = time.perf_counter()
         current, start_val, _ = kept[-1]
         imp = score(current)
@@ -150,48 +166,60 @@ def verified_search(model, task, cfg, score, *, header, teacher=None, log_path=N
         recover(cand, task, cfg, teacher)
         spent += cfg.probe_epochs
         val = float(task.evaluate(cand))
-        cost = start_val - val
         counts = count(cand, example_input(cand))
-        ok = cost <= cfg.max_acc_loss and counts["flops"] < count(current, example_input(current))["flops"]
+        ok = start_val - val <= cfg.max_acc_loss and counts["flops"] < count(current, example_input(current))["flops"]
         rec = {"probe": len(log.probes) + 1, "kind": "step", "cr": cr, "share": share, "channels": channels,
                "flops": counts["flops"], "params": counts["params"], "val_acc": val, "start_val_acc": start_val,
-               "cost": cost, "epochs": cfg.probe_epochs, "decision": "keep" if ok else "reject",
+               "cost": start_val - val, "epochs": cfg.probe_epochs, "decision": "keep" if ok else "reject",
                "seconds": time.perf_counter() - t0}
-        log.add(rec)
         if ok:
-            kept.append((cand, val, cost))
-            share = min(share * grow, 0.5)
-        else:
-            share /= 2
+            kept.append((cand, val, rec["cost"]))
+            if log.path:
+                save(cand, saved(rec["probe"]), search={"step": rec["probe"]})
+        log.add(rec)
+        share = min(share * grow, 0.5) if ok else share / 2
         if progress:
-            echo(f"step {rec['probe']}: remove {100 * rec['share']:.1f}% (cr {cr:.4f}) {task.metric} {val:.2f} "
-                 f"(from {start_val:.2f}, cost {cost:.2f})  FLOPs -{100 * (1 - counts['flops'] / base_counts['flops']):.1f}%  {rec['decision']}")
+            echo(f"step {rec['probe']}: remove {100 * rec['share']:.1f}% of the current FLOPs (cr {cr:.4f})  "
+                 f"{task.metric} {val:.2f} (from {start_val:.2f}: cost {rec['cost']:.2f} of {cfg.max_acc_loss:g})  "
+                 f"FLOPs -{100 * (1 - counts['flops'] / base_counts['flops']):.1f}%  {rec['decision']}  "
+                 f"{rec['seconds']:.1f}s")
     chosen = None
     if len(kept) > 1:
-        verify = cfg.final_epochs - spent
         last = kept[-1][0]
-        task.tune(last, verify, teacher)
-        spent += verify
-        estimate = float(task.evaluate(last))
-        log.add({"probe": len(log.probes) + 1, "kind": "verify", "val_acc": estimate, "epochs": verify,
-                 "flops": count(last, example_input(last))["flops"], "seconds": 0.0,
-                 "decision": "keep" if estimate + cfg.max_acc_loss >= base_val else "reject"})
-        if progress:
-            echo(f"verify: {verify:g} epochs -> {task.metric} {estimate:.2f} (base {base_val:.2f})")
+        if verified is None:
+            t0 = time.perf_counter()
+            epochs = max(cfg.final_epochs - spent, 0.0)
+            task.tune(last, epochs, teacher)
+            spent += epochs
+            verified = {"probe": len(log.probes) + 1, "kind": "verify", "val_acc": float(task.evaluate(last)),
+                        "epochs": epochs, "flops": count(last, example_input(last))["flops"],
+                        "seconds": time.perf_counter() - t0}
+            if log.path:
+                save(last, saved(verified["probe"]), search={"verified": True})
+            log.add(verified)
+            if progress:
+                echo(f"verify: the last kept model after {epochs:g} more epochs reads {task.metric} "
+                     f"{verified['val_acc']:.2f} (base {base_val:.2f}, budget {cfg.max_acc_loss:g})")
+        else:
+            path = saved(verified["probe"])
+            last = rebuild(read(path), path, model=fresh_base(model)).to(device_of(model))
+        estimate = verified["val_acc"]
         for i in range(len(kept) - 1, 0, -1):
             if estimate + cfg.max_acc_loss >= base_val:
-                chosen = kept[i][0]
+                chosen = last if i == len(kept) - 1 else kept[i][0]
                 break
-            estimate += kept[i][2]                     # undo step i: credit back its measured cost
+            estimate += kept[i][2]            # undo step i: credit back its measured cost
+            if progress:
+                echo(f"undo the last kept step: estimated {task.metric} {estimate:.2f}")
     pruned = chosen is not None
     if not pruned:
         echo("no step stayed within the accuracy budget: nothing is pruned, nothing is fine-tuned; the model is "
              "returned as it came (try a larger --max-acc-loss or longer --probe-epochs)")
         chosen = copy.deepcopy(model)
     summary = finish(model, chosen, task, cfg, base_counts, tune=pruned, teacher=teacher, base_val=base_val,
-                     search="verified", probes=len(log.probes), verifications=1 if pruned else 0,
-                     search_seconds=time.perf_counter() - t_start, search_epochs=spent, chosen_cr=None,
-                     max_acc_loss=cfg.max_acc_loss, log=log.probes)
+                     resume=log.final_state, search="verified", probes=len(log.probes),
+                     verifications=int(verified is not None), search_seconds=sum(r["seconds"] for r in log.probes),
+                     search_epochs=spent, chosen_cr=None, max_acc_loss=cfg.max_acc_loss, log=log.probes)
     summary.update(channels=kept_per_layer(chosen), base_channels=kept_per_layer(model),
                    seconds_this_run=time.perf_counter() - t_start)
     return chosen, summary
