@@ -16,7 +16,7 @@ import copy
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .checkpoint import example_input, new_model, read, rebuild, record_of, save
@@ -43,7 +43,8 @@ class SearchConfig:
     batch_size: int = 128
     distill: bool = False          # final fine-tune learns from the original model (KD)
     multiple: int = 1              # round channel counts up to a multiple (hardware)
-    search: str = "thesis"         # thesis (bisection on probe readings) | calibrated | progressive | verified (README)
+    search: str = None             # thesis | calibrated | progressive | verified (README); None: the method's
+                                   # own default (auto_prune: verified, RESULTS.md table 8; decomposition: thesis)
     verify_epochs: float = None    # calibrated: fine-tune per verification (default final_epochs / 4)
     seed: int = 0
     device: str = "auto"
@@ -57,7 +58,7 @@ class SearchConfig:
             raise ConvslimError("probe and final epochs must be non-negative")
         if self.multiple < 1:
             raise ConvslimError(f"channel multiple must be at least 1, got {self.multiple}")
-        if self.search not in SEARCHES:
+        if self.search is not None and self.search not in SEARCHES:
             raise ConvslimError(f"unknown search {self.search!r}; choose one of {', '.join(SEARCHES)}")
         if self.verify_epochs is not None and not self.verify_epochs > 0:
             raise ConvslimError(f"verify epochs must be positive, got {self.verify_epochs}")
@@ -133,7 +134,7 @@ def budget_search(model, task, cfg, make, *, key, header, teacher=None, log_path
     (fine-tuned best model, summary, the chosen record or None). `cfg.search` picks the strategy
     (`thesis`: plain bisection on probe readings; `calibrated`: see `calibrated_search`).
     `settings` (the command's resolved options) is kept in the log so the run can be repeated."""
-    cfg = cfg.check()
+    cfg = replace(cfg.check(), search=cfg.search or "thesis")
     task = task_for(task, cfg)
     t_start = time.perf_counter()
     model = model.eval()

@@ -70,7 +70,8 @@ def main(epochs=6, final_epochs=4, max_loss=2.0, out="two_branch_slim.pt"):
     train(model, train_loader, epochs)
     slim, summary = convslim.auto_prune(
         model, train_loader,
-        convslim.SearchConfig(max_acc_loss=max_loss, min_interval=0.125, probe_epochs=1, final_epochs=final_epochs),
+        convslim.SearchConfig(max_acc_loss=max_loss, min_interval=0.125, probe_epochs=1, final_epochs=final_epochs,
+                              search="thesis"),  # the bisection: cheap probes on a model this small
         example_input=torch.randn(1, 1, 8, 8),
         evaluate=lambda m: top1(m, val_loader),
         finetune=lambda m, e: train(m, train_loader, e),

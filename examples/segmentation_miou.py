@@ -67,7 +67,8 @@ def main(epochs=8, final_epochs=4, max_loss=5.0, out="segnet_slim.pt"):
     train(model, train_loader, epochs)
     slim, summary = convslim.auto_prune(
         model, train_loader,
-        convslim.SearchConfig(max_acc_loss=max_loss, min_interval=0.125, probe_epochs=2, final_epochs=final_epochs),
+        convslim.SearchConfig(max_acc_loss=max_loss, min_interval=0.125, probe_epochs=2, final_epochs=final_epochs,
+                              search="thesis"),  # the bisection: cheap probes on a model this small
         evaluate=lambda m: mean_iou(m, val_loader), finetune=lambda m, e: train(m, train_loader, e),
         progress=False)
     print(f"mIoU {summary['base_val_acc']:.2f}% -> {summary['final_val_acc']:.2f}%, "

@@ -898,7 +898,7 @@ def test_factory_data_on_the_command_line(factory_file, tmp_path, capsys):
     assert "top-1" in capsys.readouterr().out
     assert main(["prune", "--model", str(model), "--data", spec, "--ratio", "0.3", "--out",
                  str(tmp_path / "p.pt")]) == 0
-    assert main(["auto", "--model", str(model), "--data", spec, "--min-interval", "0.5", "--probe-epochs", "0",
+    assert main(["auto", "--model", str(model), "--data", spec, "--search", "thesis", "--min-interval", "0.5", "--probe-epochs", "0",
                  "--final-epochs", "0", "--max-acc-loss", "50", "--out", str(tmp_path / "a.pt")]) == 0
     capsys.readouterr()
     assert main(["eval", "--model", str(model), "--data", f"{factory_file}:broken"]) == 2

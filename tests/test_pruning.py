@@ -139,7 +139,7 @@ def trained_model(digits):
 def test_auto_prune_stays_in_budget_logs_and_resumes(digits, tmp_path, device):
     model = copy.deepcopy(trained_model(digits))   # on the CPU; the search runs on cfg.device
     cfg = convslim.SearchConfig(max_acc_loss=2.0, min_interval=0.1, probe_epochs=1, final_epochs=1, lr=0.02,
-                                batch_size=64, device=device)
+                                batch_size=64, device=device, search="thesis")
     log = tmp_path / "search.json"
     lines = []
     with pytest.raises(KeyboardInterrupt):
@@ -181,7 +181,7 @@ def test_prune_and_auto_commands(digits, tmp_path, capsys):
     capsys.readouterr()
     auto = tmp_path / "auto.pt"
     assert main(["auto", "--model", str(base), "--data", "digits", "--max-acc-loss", "2", "--min-interval", "0.25",
-                 "--probe-epochs", "0.5", "--final-epochs", "0.5", "--out", str(auto),
+                 "--search", "thesis", "--probe-epochs", "0.5", "--final-epochs", "0.5", "--out", str(auto),
                  "--report", str(tmp_path / "auto-report")]) == 0
     out = capsys.readouterr().out
     assert "search cost: 2 probes" in out and auto.exists() and (tmp_path / "auto.pt.search.json").exists()
@@ -283,7 +283,7 @@ def test_a_stop_in_the_final_fine_tune_resumes_to_the_same_model(digits, tmp_pat
 
     model = copy.deepcopy(trained_model(digits))
     cfg = convslim.SearchConfig(max_acc_loss=60.0, min_interval=0.25, probe_epochs=0, final_epochs=2, lr=0.02,
-                                batch_size=64, device="cpu")
+                                batch_size=64, device="cpu", search="thesis")
     straight, summary = convslim.auto_prune(model, digits, cfg, log_path=tmp_path / "a.json", progress=False)
     assert summary["pruned"] and summary["final_epochs"] == 2
     assert not (tmp_path / "a.json.final-state.pt").exists()          # removed once finished
@@ -367,6 +367,9 @@ def test_verified_search_judges_steps_verifies_within_the_epoch_budget_and_resum
     for s in steps:
         assert s["share"] == pytest.approx(share)
         assert (s["decision"] == "keep") == (s["start_val_acc"] - s["val_acc"] <= 3.0)
+        assert s["epochs"] == 0.5 * len(s["readings"]) and s["val_acc"] == s["readings"][-1]
+        for before in s["readings"][:-1]:                   # more recovery only while over the budget
+            assert s["start_val_acc"] - before > 3.0
         share = min(share * 1.5, 0.5) if s["decision"] == "keep" else share / 2
     kept = [s for s in steps if s["decision"] == "keep"]
     if kept:
@@ -377,3 +380,19 @@ def test_verified_search_judges_steps_verifies_within_the_epoch_budget_and_resum
     again, summary2 = convslim.auto_prune(model, digits, cfg, log_path=log, progress=False)   # all done: no new work
     assert summary2["flops"] == summary["flops"] and len(json.loads(log.read_text())["probes"]) == len(records)
     assert best(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_the_default_search_is_verified_and_its_report_renders(digits, tmp_path, capsys):
+    base = tmp_path / "base.pt"
+    convslim.save(copy.deepcopy(trained_model(digits)), base)
+    out, report = tmp_path / "v.pt", tmp_path / "report"
+    assert main(["auto", "--model", str(base), "--data", "digits", "--max-acc-loss", "5", "--probe-epochs", "0.5",
+                 "--final-epochs", "1", "--batch-size", "64", "--out", str(out), "--report", str(report)]) == 0
+    text = capsys.readouterr().out
+    assert "(verified search)" in text and out.exists()
+    log = json.loads((tmp_path / "v.pt.search.json").read_text())
+    assert log["header"]["search"] == "verified"
+    page = (report / "report.md").read_text()
+    assert "Search trajectory" in page
+    if any(r["kind"] == "verify" for r in log["probes"]):
+        assert "| verify |" in page

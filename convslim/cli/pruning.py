@@ -6,6 +6,7 @@ from pathlib import Path
 from ..budget import SEARCHES, SearchConfig
 from ..checkpoint import save
 from ..errors import ConvslimError
+from ..pruning.auto import DEFAULT_SEARCH
 from ..pruning.criteria import CRITERIA, PermutationOptions
 from ..pruning.importance import ESTIMATORS, MEASURES, PERMS
 from .common import (add_data_args, add_model_args, fraction, non_negative, open_model_and_data, open_teacher,
@@ -211,7 +212,7 @@ def register(sub):
     p.add_argument("--distill", action="store_true", help="final fine-tune distils from the original model")
     p.add_argument("--teacher", help="saved model to distil from in the final fine-tune (implies distillation)")
     p.add_argument("--log", help="search log (default OUT.search.json); an existing one is resumed")
-    p.add_argument("--search", choices=SEARCHES, default=SearchConfig.search,
+    p.add_argument("--search", choices=SEARCHES, default=DEFAULT_SEARCH,
                    help="thesis: bisection on probe readings; calibrated: readings corrected by a gap measured "
                         "with verification fine-tunes; progressive: compounding steps, paired costs summed; "
                         "verified: compounding steps judged one by one, then one verification fine-tune "

@@ -14,6 +14,10 @@ from .prune import apply_rule, channel_importance, cr_for_target, kept_per_layer
 
 __all__ = ["SearchConfig", "auto_prune"]
 
+# the pruner's search when none is named: the one that found the most compression within budget in
+# benchmarks/RESULTS.md table 8 (auto against the oracle)
+DEFAULT_SEARCH = "verified"
+
 
 def auto_prune(model, data=None, cfg=None, *, example_input=None, evaluate=None, finetune=None, batches=None,
                test=None, criterion="permutation", options=None, calib_batches=4, importance=None, teacher=None,
@@ -35,6 +39,7 @@ def auto_prune(model, data=None, cfg=None, *, example_input=None, evaluate=None,
     engine you deploy to; with it every candidate's channel counts also snap to fast counts.
     """
     cfg = (cfg or SearchConfig()).check()
+    cfg = dataclasses.replace(cfg, search=cfg.search or DEFAULT_SEARCH)
     task = task_for(data, cfg, progress, evaluate=evaluate, finetune=finetune, batches=batches, test=test)
     ensure_record(model, example_input, task.batches if example_input is None else None)
     model = on_search_device(model, data, cfg).eval()

@@ -121,15 +121,17 @@ def progressive_search(model, task, cfg, score, *, header, teacher=None, log_pat
 
 
 def verified_search(model, task, cfg, score, *, header, teacher=None, log_path=None, settings=None,
-                    snap=None, first_share=0.25, min_share=0.02, grow=1.5, verify_share=0.5, progress=True,
-                    echo=print):
+                    snap=None, first_share=0.25, min_share=0.02, grow=1.5, verify_share=0.5, max_readings=3,
+                    progress=True, echo=print):
     """Progressive steps judged one by one, then the result verified by a longer fine-tune.
 
     Phase 1 (1 - verify_share of the search epochs): each step removes `share` of the current
     model's FLOPs and is recovered for `probe_epochs`; it is kept when it reads at most the budget
     below the reading before it: a step's own damage, not the sum, since the final fine-tune repairs
-    most of it and the verification guards the sum. A kept step grows the next share by `grow`, a
-    rejected one halves it. Phase 2: the last kept model is fine-tuned for the rest of the search
+    most of it and the verification guards the sum. A step over the budget whose reading still
+    rises gets another `probe_epochs` (up to `max_readings` readings), as in progressive_search: a
+    network without shortcuts (VGG) reads far below its recovery after one short probe. A kept
+    step grows the next share by `grow`, a rejected one halves it. Phase 2: the last kept model is fine-tuned for the rest of the search
     epochs and judged against the base with the budget. If it fails, kept steps are undone from the
     last, each crediting back its measured cost, until the estimate is within budget (an undone
     step's model is the one saved when it was kept). Every step and its kept model are saved beside
@@ -165,13 +167,21 @@ def verified_search(model, task, cfg, score, *, header, teacher=None, log_path=N
         cand, channels = apply_rule(current, imp, "cr", cr, multiple=cfg.multiple, latency=fast)
         recover(cand, task, cfg, teacher)
         spent += cfg.probe_epochs
-        val = float(task.evaluate(cand))
+        readings = [float(task.evaluate(cand))]
+        # a step over the budget that is still recovering gets more of the same fine-tune
+        while (start_val - readings[-1] > cfg.max_acc_loss and len(readings) < max_readings
+               and (len(readings) == 1 or readings[-1] > readings[-2])
+               and spent + cfg.probe_epochs <= phase1 + 1e-9):
+            task.tune(cand, cfg.probe_epochs, teacher)
+            spent += cfg.probe_epochs
+            readings.append(float(task.evaluate(cand)))
+        val = readings[-1]
         counts = count(cand, example_input(cand))
         ok = start_val - val <= cfg.max_acc_loss and counts["flops"] < count(current, example_input(current))["flops"]
         rec = {"probe": len(log.probes) + 1, "kind": "step", "cr": cr, "share": share, "channels": channels,
-               "flops": counts["flops"], "params": counts["params"], "val_acc": val, "start_val_acc": start_val,
-               "cost": start_val - val, "epochs": cfg.probe_epochs, "decision": "keep" if ok else "reject",
-               "seconds": time.perf_counter() - t0}
+               "flops": counts["flops"], "params": counts["params"], "val_acc": val, "readings": readings,
+               "start_val_acc": start_val, "cost": start_val - val, "epochs": cfg.probe_epochs * len(readings),
+               "decision": "keep" if ok else "reject", "seconds": time.perf_counter() - t0}
         if ok:
             kept.append((cand, val, rec["cost"]))
             if log.path:
@@ -180,7 +190,8 @@ def verified_search(model, task, cfg, score, *, header, teacher=None, log_path=N
         share = min(share * grow, 0.5) if ok else share / 2
         if progress:
             echo(f"step {rec['probe']}: remove {100 * rec['share']:.1f}% of the current FLOPs (cr {cr:.4f})  "
-                 f"{task.metric} {val:.2f} (from {start_val:.2f}: cost {rec['cost']:.2f} of {cfg.max_acc_loss:g})  "
+                 f"{task.metric} {' -> '.join(f'{r:.2f}' for r in readings)} (from {start_val:.2f}: cost "
+                 f"{rec['cost']:.2f} of {cfg.max_acc_loss:g})  "
                  f"FLOPs -{100 * (1 - counts['flops'] / base_counts['flops']):.1f}%  {rec['decision']}  "
                  f"{rec['seconds']:.1f}s")
     chosen = None
@@ -194,6 +205,7 @@ def verified_search(model, task, cfg, score, *, header, teacher=None, log_path=N
             verified = {"probe": len(log.probes) + 1, "kind": "verify", "val_acc": float(task.evaluate(last)),
                         "epochs": epochs, "flops": count(last, example_input(last))["flops"],
                         "seconds": time.perf_counter() - t0}
+            verified["decision"] = "keep" if verified["val_acc"] + cfg.max_acc_loss >= base_val else "undo steps"
             if log.path:
                 save(last, saved(verified["probe"]), search={"verified": True})
             log.add(verified)

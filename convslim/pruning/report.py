@@ -61,11 +61,15 @@ def importance_section(report, model, splits, layer=None, calib_batches=2):
 def search_section(report, probes, base_val, base_flops, max_acc_loss=None):
     if not probes:
         return
-    s = report.section("Search trajectory", "Each probe: prune at cr, recover, judge on the validation split.")
-    s.tables.append((["probe", "cr", "val acc %", "FLOPs reduction %", "decision", "seconds"],
-                     [[p["probe"], f"{p['cr']:.4f}", f"{p['val_acc']:.2f}",
-                       f"{100 * (1 - p['flops'] / base_flops):.1f}", p["decision"], f"{p['seconds']:.1f}"]
+    s = report.section("Search trajectory", "Each probe or step: prune at cr (of the model it starts from), "
+                       "recover, judge on the validation split; a verification fine-tunes a kept model further.")
+    s.tables.append((["probe", "kind", "cr", "val acc %", "FLOPs reduction %", "decision", "seconds"],
+                     [[p["probe"], p.get("kind", "probe"), f"{p['cr']:.4f}" if "cr" in p else "-", f"{p['val_acc']:.2f}",
+                       f"{100 * (1 - p['flops'] / base_flops):.1f}", p.get("decision", "-"), f"{p['seconds']:.1f}"]
                       for p in probes]))
+    probes = [p for p in probes if "cr" in p]            # the plot: records made at a cr
+    if not probes:
+        return
     fig, ax1 = plt.subplots(figsize=(6, 3.5))
     crs = [p["cr"] for p in probes]
     ax1.scatter(crs, [p["val_acc"] for p in probes], c=["g" if p["decision"] == "keep" else "r" for p in probes])
