@@ -107,7 +107,8 @@ def run_model(spec, splits, args):
     rows = [measure("original", base, splits, t_base)]
 
     scfg = SearchConfig(max_acc_loss=args.max_acc_loss, min_interval=args.min_interval, probe_epochs=args.probe_epochs,
-                        final_epochs=args.ft_epochs, lr=args.lr, batch_size=args.batch_size, device=args.device)
+                        final_epochs=args.ft_epochs, lr=args.lr, batch_size=args.batch_size, device=args.device,
+                        search="thesis")              # one cr: the same pruning is re-made for the KD row
     imp = channel_importance(base, splits)
     (pruned, summary), t = timed(lambda: auto_prune(base, splits, scfg, importance=imp, progress=not args.quiet))
     rows.append(measure("auto channel pruning", pruned, splits, t, note=f"cr {summary['chosen_cr']:.3f}"))

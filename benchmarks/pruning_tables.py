@@ -223,7 +223,8 @@ def cmd_auto(args):
         if key in cache:
             continue
         cfg = SearchConfig(max_acc_loss=1.0, min_interval=0.01, probe_epochs=args.probe_epochs,
-                           final_epochs=args.final_epochs, lr=args.lr, device=args.device)
+                           final_epochs=args.final_epochs, lr=args.lr, device=args.device,
+                           search="thesis")                   # table 4 is the thesis's search (4-2)
         slim, s = convslim.auto_prune(model, splits, cfg, model_id=name)
         pruned = f"{name}-auto-probe{args.probe_epochs:g}.pt"
         convslim.save(slim, MODELS / pruned)

@@ -44,7 +44,7 @@ class SearchConfig:
     distill: bool = False          # final fine-tune learns from the original model (KD)
     multiple: int = 1              # round channel counts up to a multiple (hardware)
     search: str = None             # thesis | calibrated | progressive | verified (README); None: the method's
-                                   # own default (auto_prune: verified, RESULTS.md table 8; decomposition: thesis)
+                                   # own default (auto_prune: progressive, RESULTS.md table 8; decomposition: thesis)
     verify_epochs: float = None    # calibrated: fine-tune per verification (default final_epochs / 4)
     seed: int = 0
     device: str = "auto"

@@ -382,17 +382,19 @@ def test_verified_search_judges_steps_verifies_within_the_epoch_budget_and_resum
     assert best(torch.randn(2, 1, 8, 8)).shape == (2, 10)
 
 
-def test_the_default_search_is_verified_and_its_report_renders(digits, tmp_path, capsys):
+@pytest.mark.parametrize("search", [None, "verified"])
+def test_the_default_search_is_progressive_and_step_reports_render(digits, tmp_path, capsys, search):
     base = tmp_path / "base.pt"
     convslim.save(copy.deepcopy(trained_model(digits)), base)
     out, report = tmp_path / "v.pt", tmp_path / "report"
     assert main(["auto", "--model", str(base), "--data", "digits", "--max-acc-loss", "5", "--probe-epochs", "0.5",
-                 "--final-epochs", "1", "--batch-size", "64", "--out", str(out), "--report", str(report)]) == 0
+                 "--final-epochs", "1", "--batch-size", "64", "--out", str(out), "--report", str(report),
+                 *(["--search", search] if search else [])]) == 0
     text = capsys.readouterr().out
-    assert "(verified search)" in text and out.exists()
+    assert f"({search or 'progressive'} search)" in text and out.exists()
     log = json.loads((tmp_path / "v.pt.search.json").read_text())
-    assert log["header"]["search"] == "verified"
+    assert log["header"]["search"] == (search or "progressive")
     page = (report / "report.md").read_text()
-    assert "Search trajectory" in page
+    assert "Search trajectory" in page and "| step |" in page
     if any(r["kind"] == "verify" for r in log["probes"]):
         assert "| verify |" in page

@@ -16,7 +16,7 @@ __all__ = ["SearchConfig", "auto_prune"]
 
 # the pruner's search when none is named: the one that found the most compression within budget in
 # benchmarks/RESULTS.md table 8 (auto against the oracle)
-DEFAULT_SEARCH = "verified"
+DEFAULT_SEARCH = "progressive"
 
 
 def auto_prune(model, data=None, cfg=None, *, example_input=None, evaluate=None, finetune=None, batches=None,
