@@ -312,15 +312,22 @@ def test_a_stop_in_the_final_fine_tune_resumes_to_the_same_model(digits, tmp_pat
         assert torch.equal(a, b)
 
 
-def test_progressive_search_compounds_steps_within_the_epoch_budget_and_resumes(digits, tmp_path):
+def stopped_at_step_2_and_resumed(digits, tmp_path, search):
+    """A step search on digits (budget 3 points, 0.5-epoch steps, 3 final epochs) stopped at its
+    second step and run again: (model, cfg, log path, best, summary)."""
     model = copy.deepcopy(trained_model(digits))
     cfg = convslim.SearchConfig(max_acc_loss=3.0, probe_epochs=0.5, final_epochs=3, lr=0.02, batch_size=64,
-                                device="cpu", search="progressive")
+                                device="cpu", search=search)
     log = tmp_path / "search.json"
     with pytest.raises(KeyboardInterrupt):
         convslim.auto_prune(model, digits, cfg, log_path=log, echo=interrupt_at("step 2", []), progress=True)
     assert len(json.loads(log.read_text())["probes"]) == 2
     best, summary = convslim.auto_prune(model, digits, cfg, log_path=log, progress=False)
+    return model, cfg, log, best, summary
+
+
+def test_progressive_search_compounds_steps_within_the_epoch_budget_and_resumes(digits, tmp_path):
+    model, cfg, log, best, summary = stopped_at_step_2_and_resumed(digits, tmp_path, "progressive")
     steps = json.loads(log.read_text())["probes"]
     assert summary["search_epochs"] == sum(s["epochs"] for s in steps) <= cfg.final_epochs
     assert summary["search_epochs"] > cfg.final_epochs - 2 * 0.5           # stopped when the next step would not fit
@@ -350,14 +357,7 @@ def test_progressive_search_compounds_steps_within_the_epoch_budget_and_resumes(
 def test_verified_search_judges_steps_verifies_within_the_epoch_budget_and_resumes(digits, tmp_path):
     """Steps are kept on their own cost, the last kept model is verified by a longer fine-tune, the
     search costs no more epochs than the final fine-tune, and a stop resumes to the same answer."""
-    model = copy.deepcopy(trained_model(digits))
-    cfg = convslim.SearchConfig(max_acc_loss=3.0, probe_epochs=0.5, final_epochs=3, lr=0.02, batch_size=64,
-                                device="cpu", search="verified")
-    log = tmp_path / "search.json"
-    with pytest.raises(KeyboardInterrupt):
-        convslim.auto_prune(model, digits, cfg, log_path=log, echo=interrupt_at("step 2", []), progress=True)
-    assert len(json.loads(log.read_text())["probes"]) == 2
-    best, summary = convslim.auto_prune(model, digits, cfg, log_path=log, progress=False)
+    model, cfg, log, best, summary = stopped_at_step_2_and_resumed(digits, tmp_path, "verified")
     records = json.loads(log.read_text())["probes"]
     steps = [r for r in records if r["kind"] == "step"]
     assert summary["search_epochs"] == pytest.approx(sum(r["epochs"] for r in records))
