@@ -131,9 +131,11 @@ def verified_search(model, task, cfg, score, *, header, teacher=None, log_path=N
     most of it and the verification guards the sum. A step over the budget whose reading still
     rises gets another `probe_epochs` (up to `max_readings` readings), as in progressive_search: a
     network without shortcuts (VGG) reads far below its recovery after one short probe. A kept
-    step grows the next share by `grow`, a rejected one halves it. Phase 2: the last kept model is fine-tuned for the rest of the search
-    epochs and judged against the base with the budget. If it fails, kept steps are undone from the
-    last, each crediting back its measured cost, until the estimate is within budget (an undone
+    step grows the next share by `grow`, a rejected one halves it. The first step starts from the
+    original fine-tuned alike (paired, as in progressive_search): a converged model fine-tuned at
+    the search's rate reads lower by itself, which is not the step's damage. Phase 2: the last kept
+    model is fine-tuned for the rest of the search epochs and judged against the original with the
+    budget. If it fails, kept steps are undone from the last, each crediting back its measured cost, until the estimate is within budget (an undone
     step's model is the one saved when it was kept). Every step and its kept model are saved beside
     the log, so a stopped search resumes where it was."""
     t_start = time.perf_counter()
@@ -149,7 +151,10 @@ def verified_search(model, task, cfg, score, *, header, teacher=None, log_path=N
     share, spent, verified = first_share, 0.0, None
     for rec in log.probes:                   # a resumed search: its steps so far and their models
         spent += rec["epochs"]
-        if rec["kind"] == "verify":
+        if rec["kind"] == "control":
+            path = saved(rec["probe"])
+            kept[0] = (rebuild(read(path), path, model=fresh_base(model)).to(device_of(model)), rec["val_acc"], 0.0)
+        elif rec["kind"] == "verify":
             verified = rec
         elif rec["decision"] == "keep":
             path = saved(rec["probe"])
@@ -158,6 +163,22 @@ def verified_search(model, task, cfg, score, *, header, teacher=None, log_path=N
             share = min(rec["share"] * grow, 0.5)
         else:
             share = rec["share"] / 2
+    if not log.probes and cfg.probe_epochs > 0 and 2 * cfg.probe_epochs <= phase1 + 1e-9:
+        # the first step is paired: the original fine-tuned alike is where it starts and what it is
+        # read against (a converged model fine-tuned at the search's rate reads lower by itself)
+        t0 = time.perf_counter()
+        control = copy.deepcopy(model)
+        task.tune(control, cfg.probe_epochs, teacher)
+        spent += cfg.probe_epochs
+        rec = {"probe": 1, "kind": "control", "val_acc": float(task.evaluate(control)), "epochs": cfg.probe_epochs,
+               "flops": base_counts["flops"], "decision": "read", "seconds": time.perf_counter() - t0}
+        kept[0] = (control, rec["val_acc"], 0.0)
+        if log.path:
+            save(control, saved(1), search={"control": True})
+        log.add(rec)
+        if progress:
+            echo(f"control: the original after {cfg.probe_epochs:g} epochs of the same fine-tune reads "
+                 f"{task.metric} {rec['val_acc']:.2f} (base {base_val:.2f})")
     while verified is None and share >= min_share and spent + cfg.probe_epochs <= phase1 + 1e-9:
         t0 = time.perf_counter()
         current, start_val, _ = kept[-1]
