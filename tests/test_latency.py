@@ -164,3 +164,9 @@ def test_a_bad_channel_count_is_one_clear_error(digits):
     root = imp.groups[0].root
     with pytest.raises(convslim.ConvslimError, match="cannot keep 0"):
         convslim.apply_rule(model, imp, "counts", {root: 0})
+    with pytest.raises(convslim.ConvslimError, match="cannot keep 2.5"):
+        convslim.apply_rule(model, imp, "counts", {root: 2.5})
+    with pytest.raises(convslim.ConvslimError, match="no group root"):
+        convslim.apply_rule(model, imp, "counts", {"not.a.layer": 2})
+    slim, kept = convslim.apply_rule(model, imp, "counts", {root: 2})        # the others stay whole
+    assert kept[root] == 2 and all(k == imp.channels()[r] for r, k in kept.items() if r != root)

@@ -43,6 +43,26 @@ def step_cr(model, imp, share, multiple, snap=None):
                          goal)
 
 
+def take_step(current, share, task, cfg, score, snap, teacher, over_budget, room, max_readings):
+    """One step of a step search: `share` of the current model's FLOPs removed (importance scored
+    again on it, counts snapped as `snap` says), BN re-estimated and `probe_epochs` of fine-tuning,
+    read; while `over_budget(reading)`, the reading still rises, fewer than `max_readings` were
+    taken and `room` epochs allow, another `probe_epochs` and another reading (a larger step needs
+    longer to recover). Returns (candidate, cr, channels kept, readings)."""
+    imp = score(current)
+    fast = LatencySnap(current, imp.groups, snap.tables) if snap is not None else None   # the current widths
+    cr = step_cr(current, imp, share, cfg.multiple, fast)
+    cand, channels = apply_rule(current, imp, "cr", cr, multiple=cfg.multiple, latency=fast)
+    recover(cand, task, cfg, teacher)
+    readings = [float(task.evaluate(cand))]
+    while (over_budget(readings[-1]) and len(readings) < max_readings
+           and (len(readings) == 1 or readings[-1] > readings[-2])
+           and cfg.probe_epochs * len(readings) + max(cfg.probe_epochs, 1e-9) <= room + 1e-9):
+        task.tune(cand, cfg.probe_epochs, teacher)
+        readings.append(float(task.evaluate(cand)))
+    return cand, cr, channels, readings
+
+
 def progressive_search(model, task, cfg, score, *, header, teacher=None, log_path=None, settings=None,
                        snap=None, first_share=0.25, min_share=0.02, max_readings=3, progress=True, echo=print):
     """`score(model) -> Importance`; returns (fine-tuned model, summary) like budget_search."""
@@ -72,20 +92,10 @@ def progressive_search(model, task, cfg, score, *, header, teacher=None, log_pat
             spent += cfg.probe_epochs
             control_epochs = cfg.probe_epochs
             start_val = float(task.evaluate(current))
-        imp = score(current)
-        fast = LatencySnap(current, imp.groups, snap.tables) if snap is not None else None   # the current widths
-        cr = step_cr(current, imp, share, cfg.multiple, fast)
-        cand, kept = apply_rule(current, imp, "cr", cr, multiple=cfg.multiple, latency=fast)
-        recover(cand, task, cfg, teacher)
-        spent += cfg.probe_epochs
-        readings = [float(task.evaluate(cand))]
-        # a step that reads below the budget but is still recovering gets more of the same fine-tune
-        while (used + max(start_val - readings[-1], 0.0) > cfg.max_acc_loss and len(readings) < max_readings
-               and (len(readings) == 1 or readings[-1] > readings[-2])
-               and spent + step_epochs <= cfg.final_epochs + 1e-9):
-            task.tune(cand, cfg.probe_epochs, teacher)
-            spent += cfg.probe_epochs
-            readings.append(float(task.evaluate(cand)))
+        cand, cr, kept, readings = take_step(
+            current, share, task, cfg, score, snap, teacher,
+            lambda r: used + max(start_val - r, 0.0) > cfg.max_acc_loss, cfg.final_epochs - spent, max_readings)
+        spent += cfg.probe_epochs * len(readings)
         val = readings[-1]
         cost = max(start_val - val, 0.0)
         counts = count(cand, example_input(cand))
@@ -135,9 +145,9 @@ def verified_search(model, task, cfg, score, *, header, teacher=None, log_path=N
     original fine-tuned alike (paired, as in progressive_search): a converged model fine-tuned at
     the search's rate reads lower by itself, which is not the step's damage. Phase 2: the last kept
     model is fine-tuned for the rest of the search epochs and judged against the original with the
-    budget. If it fails, kept steps are undone from the last, each crediting back its measured cost, until the estimate is within budget (an undone
-    step's model is the one saved when it was kept). Every step and its kept model are saved beside
-    the log, so a stopped search resumes where it was."""
+    budget. If it fails, kept steps are undone from the last, each crediting back its measured
+    cost, until the estimate is within budget (an undone step's model is the one saved when it was
+    kept). Every step and its kept model are saved beside the log, so a stopped search resumes."""
     t_start = time.perf_counter()
     base_val = float(task.evaluate(model))
     base_counts = count(model, example_input(model))
@@ -182,20 +192,10 @@ def verified_search(model, task, cfg, score, *, header, teacher=None, log_path=N
     while verified is None and share >= min_share and spent + cfg.probe_epochs <= phase1 + 1e-9:
         t0 = time.perf_counter()
         current, start_val, _ = kept[-1]
-        imp = score(current)
-        fast = LatencySnap(current, imp.groups, snap.tables) if snap is not None else None
-        cr = step_cr(current, imp, share, cfg.multiple, fast)
-        cand, channels = apply_rule(current, imp, "cr", cr, multiple=cfg.multiple, latency=fast)
-        recover(cand, task, cfg, teacher)
-        spent += cfg.probe_epochs
-        readings = [float(task.evaluate(cand))]
-        # a step over the budget that is still recovering gets more of the same fine-tune
-        while (start_val - readings[-1] > cfg.max_acc_loss and len(readings) < max_readings
-               and (len(readings) == 1 or readings[-1] > readings[-2])
-               and spent + cfg.probe_epochs <= phase1 + 1e-9):
-            task.tune(cand, cfg.probe_epochs, teacher)
-            spent += cfg.probe_epochs
-            readings.append(float(task.evaluate(cand)))
+        cand, cr, channels, readings = take_step(current, share, task, cfg, score, snap, teacher,
+                                                 lambda r: start_val - r > cfg.max_acc_loss, phase1 - spent,
+                                                 max_readings)
+        spent += cfg.probe_epochs * len(readings)
         val = readings[-1]
         counts = count(cand, example_input(cand))
         ok = start_val - val <= cfg.max_acc_loss and counts["flops"] < count(current, example_input(current))["flops"]

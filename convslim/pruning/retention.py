@@ -184,6 +184,11 @@ def plan_removals(groups, contributions, rule, value, *, multiple=1, snap=None):
     `snap(group, k) -> k' >= k` moves a group's count to one the deployment engine runs fast.
     """
     removals, kept = {}, {}
+    if rule == "counts":
+        unknown = sorted(set(value) - {g.root for g in groups})
+        if unknown:
+            raise ConvslimError(f"counts name {', '.join(map(repr, unknown[:3]))}, which is no group root; "
+                                f"group roots: {', '.join(sorted(g.root for g in groups)[:8])}")
     if rule == "ratios":
         known = {name for g in groups for name in [g.root, *g.layers]}
         unknown = sorted(set(value) - known)
@@ -203,7 +208,7 @@ def plan_removals(groups, contributions, rule, value, *, multiple=1, snap=None):
             keep = keep_ratio(p, value, multiple)
         elif rule == "counts":
             c = value.get(g.root, g.size)
-            if not 1 <= c <= g.size:
+            if c != int(c) or not 1 <= c <= g.size:
                 raise ConvslimError(f"group {g.root!r} has {g.size} channels; cannot keep {c}")
             keep = keep_top(p, int(c))
         elif rule == "ratios":
