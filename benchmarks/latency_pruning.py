@@ -20,7 +20,7 @@ from convslim.budget import SearchConfig, flops_params, recover, task_for
 from convslim.checkpoint import example_input, record_of
 from convslim.latency import LatencyTable, compare_ms, measure_onnx
 from convslim.metrics import alternating, count
-from convslim.pruning.auto import cr_for_target
+from convslim.pruning.auto import cr_for_target, fastest_rounding
 from convslim.pruning.latency_aware import LatencySnap
 from convslim.pruning.prune import apply_rule, channel_importance
 from convslim.quantization.methods import int8_onnx
@@ -30,7 +30,7 @@ from common import CIFAR, RESULTS, RunCache, markdown_table
 CACHE = RESULTS / "latency_pruning"
 MODELS = Path(__file__).resolve().parents[1] / "runs" / "latency_pruning"     # pruned models (not committed)
 DATA = f"cifar10:{CIFAR}"
-VARIANTS = ("flops only", "multiple 8", "multiple 16", "latency-aware", "uniform x8")
+VARIANTS = ("flops only", "multiple 8", "multiple 16", "latency-aware", "measured choice", "uniform x8")
 BATCHES = (1, 64)
 
 
@@ -70,12 +70,20 @@ def cmd_prune(args):
                 key = f"{name}|{level}x|{variant}"
                 if key in cache and (MODELS / cache.runs[key]["file"]).exists():
                     continue                    # done (a model file lost with runs/ is made again, alike)
+                t0, extra = time.perf_counter(), {}
                 try:
-                    (slim, kept), value = pruned(model, imp, variant, flops(model) / level, snap)
+                    if variant == "measured choice":   # what `auto --target-flops --latency-aware` does
+                        pcfg = SearchConfig(probe_epochs=args.probe_epochs, lr=args.lr, seed=0, device=args.device)
+                        kw, value, roundings = fastest_rounding(model, imp, task_for(splits, pcfg), pcfg, snap,
+                                                                "flops", flops(model) / level)
+                        slim, kept = apply_rule(model, imp, "cr", value, **kw)   # fresh: tuned as the others are
+                        extra = {"roundings": roundings,
+                                 "chosen": next(r["rounding"] for r in roundings if r["chosen"])}
+                    else:
+                        (slim, kept), value = pruned(model, imp, variant, flops(model) / level, snap)
                 except convslim.ConvslimError as exc:     # e.g. multiples of 16 cannot reach 3x on resnet20
                     print(f"  {key}: unreachable: {exc}", flush=True)
                     continue
-                t0 = time.perf_counter()
                 cfg = SearchConfig(probe_epochs=0, lr=args.lr, seed=0, device=args.device)
                 recover(slim, task_for(splits, cfg), cfg)
                 fit(slim, splits, TrainConfig(epochs=args.ft_epochs, lr=args.lr, seed=0, device=args.device,
@@ -87,7 +95,7 @@ def cmd_prune(args):
                                 **flops_params(count(model, example_input(model)), count(slim, example_input(slim))),
                                 "kept": kept, "test": evaluate(slim, splits, "test")["top1"],
                                 "base_test": evaluate(model, splits, "test")["top1"], "ft_epochs": args.ft_epochs,
-                                "seconds": time.perf_counter() - t0, "file": file.name,
+                                "seconds": time.perf_counter() - t0, "file": file.name, **extra,
                                 "predicted_ms": {b: snap.predict_ms(slim, t) for b, t in zip(BATCHES, tables)}})
 
 
@@ -222,6 +230,8 @@ def main():
             p.add_argument("--levels", type=lambda s: [int(x) for x in s.split(",")], default=[2, 3])
             p.add_argument("--variants", type=lambda s: s.split(","), default=list(VARIANTS))
             p.add_argument("--ft-epochs", type=float, default=1.0)
+            p.add_argument("--probe-epochs", type=float, default=0.1,
+                           help="measured choice: fine-tune per candidate before its reading")
             p.add_argument("--lr", type=float, default=0.01)
             p.add_argument("--device", default="cpu")
         if step == "time":

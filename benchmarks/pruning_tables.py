@@ -186,7 +186,11 @@ def cmd_ablations(args):
 
 def ablation_runs(model, splits, name, args, cache, seed, tag):
     thesis_opts = {"estimator": "sample", "measure": "conv"}   # the thesis's own method
-    for perm, inp in [("zero", "data"), ("reinit", "data"), ("shuffle", "data"), ("shuffle", "random")]:
+    arms = {("zero", "data"): {"3-3"}, ("reinit", "data"): {"3-3"}, ("shuffle", "data"): {"3-3", "3-4"},
+            ("shuffle", "random"): {"3-4"}}
+    for (perm, inp), tables in arms.items():
+        if not tables & set(args.tables):
+            continue
         keys = {ratio: f"{name}|{perm}|{inp}|ratio {ratio}{tag}" for ratio in RATIOS}
         if all(k in cache for k in keys.values()):
             continue
@@ -198,7 +202,7 @@ def ablation_runs(model, splits, name, args, cache, seed, tag):
                 cache.put(key, {"table": "3-3/3-4", "perm": perm, "input": inp, "ratio": ratio, "seed": seed,
                                 **pruned_row(model, slim), **finetune(slim, splits, args, seed)})
     imp = channel_importance(model, splits, seed=seed, options=PermutationOptions(seed=seed))  # convslim default
-    for cr in args.crs:
+    for cr in args.crs if "4-1" in args.tables else ():
         key = f"{name}|cr {cr}{tag}"
         slim, kept = apply_rule(model, imp, "cr", cr)
         if key not in cache:
@@ -276,6 +280,8 @@ def main():
             p.add_argument("--variants", type=lambda s: s.split(","), default=list(VARIANTS))
         if table == "ablations":
             p.add_argument("--crs", type=lambda s: [float(x) for x in s.split(",")], default=[0.9, 0.8, 0.6, 0.4])
+            p.add_argument("--tables", type=lambda s: s.split(","), default=["3-3", "3-4", "4-1"],
+                           help="which of the thesis's tables to run (4-1 alone first on a slow machine)")
         if table == "auto":
             p.add_argument("--probe-epochs", type=float, default=SearchConfig.probe_epochs)
             p.add_argument("--final-epochs", type=float, default=3.0)

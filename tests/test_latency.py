@@ -170,3 +170,38 @@ def test_a_bad_channel_count_is_one_clear_error(digits):
         convslim.apply_rule(model, imp, "counts", {"not.a.layer": 2})
     slim, kept = convslim.apply_rule(model, imp, "counts", {root: 2})        # the others stay whole
     assert kept[root] == 2 and all(k == imp.channels()[r] for r, k in kept.items() if r != root)
+
+
+def test_a_flops_target_takes_the_fastest_rounding_that_reads_as_well(digits, tmp_path, monkeypatch):
+    """With a latency table and a FLOPs target, the model is rounded three ways (the table's snap,
+    multiples of 8 and of 16) and each candidate is timed whole: the fastest wins unless its
+    reading is more than the budget below the best one's. The 'engine' here is deterministic:
+    a model whose convs all have multiples of 16 channels runs twice as fast per FLOP."""
+    import convslim.pruning.auto as auto
+
+    x = torch.randn(1, 1, 8, 8)
+    model = copy.deepcopy(trained_model(digits))
+
+    def by16(m):
+        return all(c.out_channels % 16 == 0 for c in m.modules() if isinstance(c, torch.nn.Conv2d))
+
+    def fake_compare(models, shape, **kw):
+        return [convslim.count(m, x)["flops"] / 1e4 * (0.5 if by16(m) else 1.0) for m in models]
+
+    monkeypatch.setattr(auto, "compare_ms", fake_compare)
+    cfg = convslim.SearchConfig(probe_epochs=0.1, final_epochs=0, device="cpu", max_acc_loss=1.0)
+    base_flops = convslim.count(model, x)["flops"]
+    for damaged16, want16 in ((False, True), (True, False)):
+        def evaluate(m):      # candidates with multiples of 16 read 40 points low in the second round
+            return 50.0 if damaged16 and by16(m) and convslim.count(m, x)["flops"] < base_flops else 90.0
+
+        slim, s = convslim.auto_prune(model, digits, cfg, target=("flops", 0.6), latency=BlockTable(tmp_path),
+                                      evaluate=evaluate, progress=False, echo=lambda *a: None)
+        ways = {r["rounding"]: r for r in s["roundings"]}
+        assert set(ways) >= {"latency table", "multiple 16"} and sum(r["chosen"] for r in ways.values()) == 1
+        chosen = next(r for r in ways.values() if r["chosen"])
+        assert by16(slim) == want16 and (chosen["rounding"] == "multiple 16") == want16
+        eligible = [r for r in ways.values() if r["val_acc"] >= max(w["val_acc"] for w in ways.values()) - 1.0]
+        assert chosen["speedup"] == max(r["speedup"] for r in eligible)     # the fastest that reads as well
+        assert s["flops"] <= 0.6 * base_flops and s["search_epochs"] == pytest.approx(0.1 * len(ways))
+        assert slim(x).shape == (1, 10)
