@@ -154,8 +154,8 @@ def fastest_rounding(model, imp, task, cfg, snap, metric, goal, echo=print, mult
             speed[i] += base_ms / ms[i] / len(snap.tables)
     for c, s in zip(cands, speed):
         recover(c["model"], task, cfg)
-        c.update(speedup=s, val_acc=float(task.evaluate(c["model"])),
-                 flops=count(c["model"], x)["flops"], params=count(c["model"], x)["params"])
+        counts = count(c["model"], x)
+        c.update(speedup=s, val_acc=float(task.evaluate(c["model"])), flops=counts["flops"], params=counts["params"])
     best_val = max(c["val_acc"] for c in cands)
     win = max((c for c in cands if c["val_acc"] >= best_val - cfg.max_acc_loss), key=lambda c: c["speedup"])
     for c in cands:
