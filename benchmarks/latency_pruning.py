@@ -2,7 +2,7 @@
 `--multiple 8`, latency-aware pruning (channel counts snapped with a measured latency table of
 ONNX Runtime at batch 1 and 64) and the uniformly thinned model with multiples of 8, each at 2x
 and 3x fewer FLOPs, fine-tuned alike; then timed in ONNX Runtime in alternating rounds in one
-process, and the latency-aware model also as int8. Every step is cached in
+process, and the measured choice (what `auto --target-flops --latency-aware` returns) also as int8. Every step is cached in
 results/latency_pruning/*.json as it finishes, so a stopped run resumes. Run from benchmarks/:
 
     python latency_pruning.py prune --models ../../shared/bases/resnet20-cifar10-70ep.pt --ft-epochs 1
@@ -118,7 +118,7 @@ def cmd_time(args):
             ms = compare_ms(models, shape, batch=b, threads=args.threads, repeats=args.repeats if b == 1 else 10,
                             rounds=args.rounds)
             record[f"b{b}"] = {"base": ms[0], **{r["variant"]: m for r, m in zip(rows, ms[1:])}}
-        aware = next((r for r, m in zip(rows, models[1:]) if r["variant"] == "latency-aware"), None)
+        aware = next((r for r in rows if r["variant"] == "measured choice"), None)
         if aware is not None and (MODELS / aware["file"]).exists():
             record["int8"] = int8_row(base, convslim.load(MODELS / aware["file"]), args)
         elif key in cache and "int8" in cache.runs[key]:
@@ -144,14 +144,14 @@ def architecture(base, row):
 
 
 def int8_row(base, slim, args):
-    """Real int8 (ONNX Runtime static quantization) of the base and the latency-aware model, timed
+    """Real int8 (ONNX Runtime static quantization) of the base and the measured choice, timed
     against their fp32 files in alternating rounds."""
     splits = data_for(slim, args.data)
     shape = record_of(slim).input_shape
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         paths = {}
-        for label, model in (("base", base), ("latency-aware", slim)):
+        for label, model in (("base", base), ("measured choice", slim)):
             path = Path(tmp) / f"{label}.int8.onnx"
             res = int8_onnx(model, splits, path, latency_batches=(), simulation=False)
             out[f"{label} int8 test"] = res.get("top1")
@@ -173,7 +173,9 @@ def render():
              "the least pruned model with at most the target FLOPs (permutation importance, one score for all): "
              "**FLOPs only** (the cr rule), **multiple 8** and **multiple 16** (counts rounded up; 16 floats is this CPU's AVX-512 block), **latency-aware** "
              "(each group's count snapped up to a fast one by a latency table measured on this machine in ONNX "
-             "Runtime at batch 1 and 64, `--latency-aware`), and **uniform x8** (one pruning ratio for every layer, "
+             "Runtime at batch 1 and 64), **measured choice** (what `auto --target-flops --latency-aware` returns: the "
+             "table's snap, multiple 8 and multiple 16 each timed whole and read after 0.1 epoch, the fastest within "
+             "1 point of the best reading), and **uniform x8** (one pruning ratio for every layer, "
              "counts multiples of 8). All get BN re-estimation and the same fine-tune. Times: ONNX Runtime on this "
              "CPU, median of alternating rounds in one process (base first in each round), "
              f"{next(iter(timing.runs.values()), {}).get('threads', 1)} thread(s) (the other core was running "
@@ -200,10 +202,10 @@ def render():
     int8 = [(k, t["int8"]) for k, t in timing.runs.items() if "int8" in t]
     if int8:
         lines.append("\nint8 (ONNX Runtime static quantization, per-channel weights) of the base and of the "
-                     "latency-aware model, timed against the fp32 files in alternating rounds:\n")
+                     "measured choice, timed against the fp32 files in alternating rounds:\n")
         rows = []
         for key, q in int8:
-            for label in ("base", "latency-aware"):
+            for label in ("base", "measured choice"):
                 rows.append([key, label, f"{q[f'{label} int8 test']:.2f}" if q.get(f"{label} int8 test") else "-",
                              *[f"{q[f'b{b}'][f'{label} fp32']:.3f} / {q[f'b{b}'][f'{label} int8']:.3f}"
                                for b in BATCHES],
