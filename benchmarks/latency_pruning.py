@@ -178,8 +178,10 @@ def render():
              "1 point of the best reading), and **uniform x8** (one pruning ratio for every layer, "
              "counts multiples of 8). All get BN re-estimation and the same fine-tune. Times: ONNX Runtime on this "
              "CPU, median of alternating rounds in one process (base first in each round), "
-             f"{next(iter(timing.runs.values()), {}).get('threads', 1)} thread(s) (the other core was running "
-             "another benchmark); speed-up = base ms / model ms. **Short fine-tune budget** (the epochs column): "
+             f"{next(iter(timing.runs.values()), {}).get('threads', 1)} thread(s), with the machine's other benchmark "
+             "paused while timing; speed-up = base ms / model ms. Where two variants are the same architecture (the "
+             "measured choice is one of the roundings), their two rows show how far timings of one model move "
+             "between rounds. **Short fine-tune budget** (the epochs column): "
              "accuracy compares variants with each other, not with the literature.\n"]
     headers = ["model", "FLOPs target", "variant", "FLOPs reduction", "test (base)", "ft epochs",
                "b1 ms", "b1 speed-up", "b64 ms", "b64 speed-up", "speed-up / FLOPs ratio (b1, b64)"]
