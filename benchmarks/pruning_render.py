@@ -137,7 +137,7 @@ def ablation_tables(runs, base, title="## 3. The thesis's ablations"):
             by_rule[(r.get("matches_cr", r["value"]), r["rule"])].append(r)
     t41 = [[f"{rs[0]['rule']} {statistics.mean(r['value'] for r in rs):.3f}", seeds_cell(rs, b),
             f"{statistics.mean(r['flops_reduction'] for r in rs):.1f}",
-            f"{statistics.mean(r['params_reduction'] for r in rs):.1f}"]
+            f"{statistics.mean(r['params_reduction'] for r in rs):.1f}", len({r.get("seed", 0) for r in rs})]
            for (_, _), rs in sorted(by_rule.items(), key=lambda kv: (-kv[0][0], kv[0][1]))]
     r = next(r for r in runs.values() if "test" in r)
     return (f"{title} ({model}, base test {b:.2f}%, {seeds} seed{'s' if seeds > 1 else ''})\n\n" + commands(table)
@@ -155,7 +155,7 @@ def ablation_tables(runs, base, title="## 3. The thesis's ablations"):
             + "\n\n### Table 4-1: one global ratio against the cumulative contribution rate, at matched FLOPs\n\n"
               "Each global ratio is chosen (by counting FLOPs) to match the cr row above it; importance is convslim's "
               "default (expected shuffle, conv measure).\n\n"
-            + markdown_table(["rule", "test change %", "FLOPs reduction %", "params reduction %"], t41)
+            + markdown_table(["rule", "test change %", "FLOPs reduction %", "params reduction %", "seeds"], t41)
             + "\n\nThesis (VGG16, reference): "
             + "; ".join(f"{r[0]}: {r[1]}, FLOPs -{r[2]}%, params -{r[3]}%" for r in THESIS["4-1"])
             + ".\n\n![channels kept per layer](results/pruning/figure_4_4.png)")
