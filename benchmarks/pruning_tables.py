@@ -257,6 +257,13 @@ def cmd_speed(args):
         cache.put(pruned.stem, {"base": name, **pruned_row(model, slim), "base_latency": lat_base, "latency": lat_slim})
 
 
+def table_list(text):
+    tables = [t.strip() for t in text.split(",") if t.strip()]
+    if not tables or set(tables) - {"3-3", "3-4", "4-1"}:
+        raise argparse.ArgumentTypeError(f"tables are 3-3, 3-4 and 4-1, comma-separated; got {text!r}")
+    return tables
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="table", required=True)
@@ -280,7 +287,7 @@ def main():
             p.add_argument("--variants", type=lambda s: s.split(","), default=list(VARIANTS))
         if table == "ablations":
             p.add_argument("--crs", type=lambda s: [float(x) for x in s.split(",")], default=[0.9, 0.8, 0.6, 0.4])
-            p.add_argument("--tables", type=lambda s: s.split(","), default=["3-3", "3-4", "4-1"],
+            p.add_argument("--tables", type=table_list, default=["3-3", "3-4", "4-1"],
                            help="which of the thesis's tables to run (4-1 alone first on a slow machine)")
         if table == "auto":
             p.add_argument("--probe-epochs", type=float, default=SearchConfig.probe_epochs)

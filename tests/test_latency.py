@@ -205,3 +205,6 @@ def test_a_flops_target_takes_the_fastest_rounding_that_reads_as_well(digits, tm
         assert chosen["speedup"] == max(r["speedup"] for r in eligible)     # the fastest that reads as well
         assert s["flops"] <= 0.6 * base_flops and s["search_epochs"] == pytest.approx(0.1 * len(ways))
         assert slim(x).shape == (1, 10)
+    same, s = convslim.auto_prune(model, digits, cfg, target=("flops", 1.0), latency=BlockTable(tmp_path),
+                                  progress=False, echo=lambda *a: None)
+    assert s["flops"] == base_flops and "roundings" not in s and s["search_epochs"] == 0   # nothing to time

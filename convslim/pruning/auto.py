@@ -145,6 +145,8 @@ def fastest_rounding(model, imp, task, cfg, snap, metric, goal, echo=print, mult
         if tuple(sorted(kept.items())) not in seen:   # two roundings that agree are timed once
             seen.add(tuple(sorted(kept.items())))
             cands.append({"rounding": name, "cr": cr, "kw": kw, "model": slim})
+    if any(c["cr"] >= 1.0 for c in cands):
+        return ways[0][1], 1.0, []                    # the model already meets the target: nothing to time
     speed = [0.0] * len(cands)
     for table in snap.tables:
         base_ms, *ms = compare_ms([model] + [c["model"] for c in cands], shape, engine=table.engine,
@@ -169,6 +171,7 @@ def prune_to_target(model, imp, task, cfg, target, teacher, snap=None, echo=prin
     """The dual mode of auto_prune: the least pruned model under a FLOPs, params or latency target."""
     base_counts = count(model, example_input(model))
     t0 = time.perf_counter()
+    kw, candidates = {"multiple": cfg.multiple, "latency": snap}, None
     if target[0] == "latency":
         if snap is None:
             raise ConvslimError("a latency target needs a latency table of the engine you deploy to (latency=...)")
@@ -178,12 +181,12 @@ def prune_to_target(model, imp, task, cfg, target, teacher, snap=None, echo=prin
         cr = cr_for_latency(model, imp, cfg, snap, goal, echo)
     else:
         metric, goal = target_count(target, base_counts)
-        x = example_input(model)
-        cr = cr_for_target(lambda v: count(apply_rule(model, imp, "cr", v, multiple=cfg.multiple, latency=snap)[0],
-                                           x)[metric], goal, what=metric)
-    kw, candidates = {"multiple": cfg.multiple, "latency": snap}, None
-    if snap is not None and metric != "latency" and cr < 1.0:
-        kw, cr, candidates = fastest_rounding(model, imp, task, cfg, snap, metric, goal, echo)
+        if snap is not None:           # which rounding runs fastest is measured, not predicted
+            kw, cr, candidates = fastest_rounding(model, imp, task, cfg, snap, metric, goal, echo)
+        else:
+            x = example_input(model)
+            cr = cr_for_target(lambda v: count(apply_rule(model, imp, "cr", v, multiple=cfg.multiple)[0], x)[metric],
+                               goal, what=metric)
     best, kept = apply_rule(model, imp, "cr", cr, **kw)
     recover(best, task, dataclasses.replace(cfg, probe_epochs=0))   # BN statistics only; the final tune follows
     summary = finish(model, best, task, cfg, base_counts, tune=cr < 1.0, teacher=teacher, chosen_cr=cr,
