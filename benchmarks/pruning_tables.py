@@ -191,7 +191,7 @@ def ablation_runs(model, splits, name, args, cache, seed, tag):
     for (perm, inp), tables in arms.items():
         if not tables & set(args.tables):
             continue
-        keys = {ratio: f"{name}|{perm}|{inp}|ratio {ratio}{tag}" for ratio in RATIOS}
+        keys = {ratio: f"{name}|{perm}|{inp}|ratio {ratio}{tag}" for ratio in args.ratios}
         if all(k in cache for k in keys.values()):
             continue
         imp = channel_importance(model, splits, seed=seed,
@@ -287,6 +287,8 @@ def main():
             p.add_argument("--variants", type=lambda s: s.split(","), default=list(VARIANTS))
         if table == "ablations":
             p.add_argument("--crs", type=lambda s: [float(x) for x in s.split(",")], default=[0.9, 0.8, 0.6, 0.4])
+            p.add_argument("--ratios", type=lambda s: [float(x) for x in s.split(",")], default=list(RATIOS),
+                           help="the per-layer ratios of tables 3-3 and 3-4 (one ratio at a time on a slow machine)")
             p.add_argument("--tables", type=table_list, default=["3-3", "3-4", "4-1"],
                            help="which of the thesis's tables to run (4-1 alone first on a slow machine)")
         if table == "auto":
