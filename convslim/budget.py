@@ -41,7 +41,7 @@ class SearchConfig:
     final_epochs: float = 10.0     # fine-tune of the chosen candidate
     lr: float = 0.01               # fine-tuning learning rate (probes and final)
     batch_size: int = 128
-    distill: bool = False          # final fine-tune learns from the original model (KD)
+    distill: bool = False          # the search's fine-tunes and the final one learn from the original (KD)
     multiple: int = 1              # round channel counts up to a multiple (hardware)
     search: str = None             # thesis | calibrated | progressive | verified (README); None: the method's
                                    # own default (auto_prune: progressive, RESULTS.md table 8; decomposition: thesis)
@@ -135,7 +135,9 @@ def budget_search(model, task, cfg, make, *, key, header, teacher=None, log_path
     (`thesis`: plain bisection on probe readings; `calibrated`: see `calibrated_search`).
     `settings` (the command's resolved options) is kept in the log so the run can be repeated."""
     cfg = replace(cfg.check(), search=cfg.search or "thesis")
-    task = task_for(task, cfg)
+    if teacher is None and cfg.distill:           # the probes learn from the original too, not only the final
+        teacher = copy.deepcopy(model).eval()
+    task = task_for(task, cfg).distilling(teacher)
     t_start = time.perf_counter()
     model = model.eval()
     base_val = float(task.evaluate(model))

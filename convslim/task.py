@@ -12,7 +12,7 @@ by the CLI; a user's loader, loop and metric are another, and the searches canno
     task = convslim.Task(evaluate=my_miou, batches=train_loader, finetune=my_train)
     slim, summary = convslim.auto_prune(model, task, example_input=torch.randn(1, 3, 128, 128))
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Optional
 
 from .errors import ConvslimError
@@ -46,6 +46,20 @@ class Task:
             raise ConvslimError("this step fine-tunes, but no finetune(model, epochs) was given; pass one "
                                 "(or 0 epochs)")
         return self.finetune(model, epochs, **extra)
+
+    def distilling(self, teacher):
+        """This task with every fine-tune distilling from `teacher`: what `--distill` means to a
+        search (its probes or steps, and the final fine-tune). Itself without a teacher or without a
+        distilling loop."""
+        if teacher is None or self.teacher_finetune is None:
+            return self
+        kd = self.teacher_finetune
+
+        def finetune(model, epochs, resume=None):
+            return kd(model, epochs, teacher, **({"resume": resume} if resume is not None else {}))
+
+        finetune.resumable = getattr(self.finetune, "resumable", False)
+        return replace(self, finetune=finetune)
 
     @classmethod
     def from_splits(cls, splits, *, lr=0.01, batch_size=128, seed=0, device="auto", progress=False,

@@ -398,3 +398,29 @@ def test_the_default_search_is_progressive_and_step_reports_render(digits, tmp_p
     assert "Search trajectory" in page and "| step |" in page
     if any(r["kind"] == "verify" for r in log["probes"]):
         assert "| verify |" in page
+
+
+@pytest.mark.parametrize("search", ["progressive", "thesis"])
+def test_distill_makes_every_fine_tune_of_the_search_learn_from_the_original(digits, search):
+    """`--distill` (cfg.distill) without a teacher: the steps or probes and the final fine-tune all
+    distil from the original, as it was before the search; none fine-tunes without it."""
+    model = copy.deepcopy(trained_model(digits))
+    original = copy.deepcopy(model.state_dict())
+    calls = []
+
+    def plain(m, epochs, resume=None):
+        calls.append(("plain", epochs))
+
+    def distil(m, epochs, teacher, resume=None):
+        assert teacher is not model and all(torch.equal(teacher.state_dict()[k], v) for k, v in original.items())
+        calls.append(("distil", epochs))
+
+    own = convslim.Task.from_splits(digits, batch_size=64)
+    task = convslim.Task(evaluate=own.evaluate, batches=own.batches, finetune=plain, teacher_finetune=distil,
+                         bn_data=digits)
+    cfg = convslim.SearchConfig(max_acc_loss=3.0, min_interval=0.25, probe_epochs=0.5, final_epochs=2, distill=True,
+                                search=search, device="cpu")
+    convslim.auto_prune(model, task, cfg, progress=False)
+    assert {kind for kind, _ in calls} == {"distil"}
+    assert 0.5 in {e for _, e in calls}                                # the search's own fine-tunes
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in original.items())

@@ -1,5 +1,6 @@
 """The fully automatic pruner: the budget search (convslim.budget) over the one cumulative
 contribution rate cr, with channel importance computed once and reused by every probe."""
+import copy
 import dataclasses
 import time
 
@@ -28,9 +29,9 @@ def auto_prune(model, data=None, cfg=None, *, example_input=None, evaluate=None,
     `data` is convslim Splits (validation top-1 judges, convslim's trainer fine-tunes), a Task, or
     your own iterable of batches; `evaluate(model) -> float` (higher is better, the budget
     `cfg.max_acc_loss` is in its units), `finetune(model, epochs)`, `batches` and `test` replace
-    the defaults. The final fine-tune distils from `teacher`, or from the original when `cfg.distill`
-    (with convslim's trainer). `example_input` (tensor or shape) is needed for a plain module
-    unless the batches show it.
+    the defaults. Every fine-tune (the search's probes or steps, and the final one) distils from
+    `teacher`, or from the original when `cfg.distill` (with convslim's trainer). `example_input`
+    (tensor or shape) is needed for a plain module unless the batches show it.
 
     `target=("flops" | "params", value)` is the dual mode: no accuracy budget, the least pruned model
     with at most that many FLOPs or params (a value <= 1 is a share of the original's), fine-tuned,
@@ -43,6 +44,9 @@ def auto_prune(model, data=None, cfg=None, *, example_input=None, evaluate=None,
     task = task_for(data, cfg, progress, evaluate=evaluate, finetune=finetune, batches=batches, test=test)
     ensure_record(model, example_input, task.batches if example_input is None else None)
     model = on_search_device(model, data, cfg).eval()
+    if teacher is None and cfg.distill:           # --distill: the search's fine-tunes learn from the original too
+        teacher = copy.deepcopy(model).eval()
+    task = task.distilling(teacher)
     imp = importance or channel_importance(model, data if data is not None and batches is None else task,
                                            criterion=criterion, calib_batches=calib_batches, options=options,
                                            seed=cfg.seed, ignored_layers=ignored_layers)
