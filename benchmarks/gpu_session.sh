@@ -7,9 +7,9 @@
 #     on the one GPU, plus a longer base run.
 # Run from the repo root with $OUT set and .whl/ (torch-pruning and tensorly wheels) and
 # .gpu/cifar10-jpeg.tar.gz carried:   bash benchmarks/gpu_session.sh
-#  3. (part "oracle", issue 12) auto against the oracle on the interim resnet20 (.gpu/resnet20-cifar10-70ep.pt
+#  3. (part "oracle", issue 12) auto against the oracle on the interim resnet20 and vgg16@0.5 (.gpu/*.pt
 #     carried too): the cr grid with a 5-epoch final fine-tune, then `auto` with the thesis's bisection and
-#     the progressive search, one seed (ORACLE_SEEDS), about 8 minutes alone on an H100.
+#     the progressive search, with and without --distill, one seed (ORACLE_SEEDS).
 #  4. (part "thesis", issue 13) tables 3-3, 3-4 and 4-1 on vgg16@0.5 with 5-epoch fine-tunes, 2 seeds
 #     (about 200 epochs: resumable from its cache, results/pruning/ablations_recovery.json, over calls).
 # PARTS picks what runs (default "cuda ablation"; "cuda oracle" for the next session's rows).
@@ -63,11 +63,14 @@ if [ "$CUDA_PATH" = 1 ]; then
       --json "$R/ddp.json" > "$R/ddp.log" 2>&1; echo "rc=$?" >> "$R/ddp.log"; log "torchrun done: $(tail -1 "$R/ddp.log")" ) &
 fi
 
-if has oracle; then
-  ( CONVSLIM_CIFAR="$DATA_TAR" timeout "$(left)" "$PY" benchmarks/auto_oracle.py \
-      --model "${ORACLE_MODEL:-.gpu/resnet20-cifar10-70ep.pt}" --device "$DEVICE" --seeds "${ORACLE_SEEDS:-0}" \
-      --final-epochs "${ORACLE_FINAL:-5}" --probe-epochs 1 --batch-size 128 --searches thesis,progressive,verified \
-      > "$R/oracle.log" 2>&1; echo "rc=$?" >> "$R/oracle.log"
+if has oracle; then   # 0.5-epoch probes, as the CPU's 5-epoch rows: what they cached is not run again
+  ( for M in ${ORACLE_MODELS:-.gpu/resnet20-cifar10-70ep.pt .gpu/vgg16w05-cifar10-45ep.pt}; do
+      for D in "" --distill; do
+        CONVSLIM_CIFAR="$DATA_TAR" timeout "$(left)" "$PY" benchmarks/auto_oracle.py --model "$M" --device "$DEVICE" \
+          --seeds "${ORACLE_SEEDS:-0}" --final-epochs "${ORACLE_FINAL:-5}" --probe-epochs 0.5 --batch-size 128 \
+          --searches progressive$([ -z "$D" ] && echo ,thesis) $D >> "$R/oracle.log" 2>&1; echo "rc=$?" >> "$R/oracle.log"
+      done
+    done
     mkdir -p "$R/oracle"; cp benchmarks/results/auto_oracle/*.json "$R/oracle/"; log "oracle done: $(tail -1 "$R/oracle.log")" ) &
 fi
 if has thesis; then   # issue 13's tables 3-3, 3-4, 4-1 at a real recovery (.gpu/vgg16w05-cifar10-45ep.pt carried)
