@@ -31,7 +31,8 @@ from convslim.train import TrainConfig, evaluate, fit
 from common import CIFAR, RESULTS, RunCache, markdown_table
 
 CACHE = RESULTS / "auto_oracle"
-SEARCHES = ("thesis", "progressive", "verified", "calibrated", "progressive+distill")
+SEARCHES = ("thesis", "progressive", "verified", "calibrated", "thesis+distill", "progressive+distill",
+            "verified+distill")
 
 
 def Cache(name):
