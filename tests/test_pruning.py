@@ -424,3 +424,19 @@ def test_distill_makes_every_fine_tune_of_the_search_learn_from_the_original(dig
     assert {kind for kind, _ in calls} == {"distil"}
     assert 0.5 in {e for _, e in calls}                                # the search's own fine-tunes
     assert all(torch.equal(model.state_dict()[k], v) for k, v in original.items())
+
+
+def test_distill_leaves_a_users_own_loop_without_a_distilling_one_as_it_is(digits):
+    """Task.distilling needs a distilling loop: a user's plain loop is still the one called."""
+    calls = []
+
+    def mine(model, epochs):
+        calls.append(epochs)
+
+    own = convslim.Task.from_splits(digits, batch_size=64)
+    task = convslim.Task(evaluate=own.evaluate, batches=own.batches, finetune=mine)
+    assert task.distilling(copy.deepcopy(trained_model(digits))) is task
+    kd = own.distilling(copy.deepcopy(trained_model(digits)))
+    assert kd is not own and kd.finetune.resumable and kd.evaluate is own.evaluate
+    task.tune(copy.deepcopy(trained_model(digits)), 0.5)
+    assert calls == [0.5]
