@@ -135,8 +135,7 @@ def budget_search(model, task, cfg, make, *, key, header, teacher=None, log_path
     (`thesis`: plain bisection on probe readings; `calibrated`: see `calibrated_search`).
     `settings` (the command's resolved options) is kept in the log so the run can be repeated."""
     cfg = replace(cfg.check(), search=cfg.search or "thesis")
-    if teacher is None and cfg.distill:           # the probes learn from the original too, not only the final
-        teacher = copy.deepcopy(model).eval()
+    teacher = search_teacher(model, cfg, teacher)
     task = task_for(task, cfg).distilling(teacher)
     t_start = time.perf_counter()
     model = model.eval()
@@ -210,13 +209,19 @@ def budget_search(model, task, cfg, make, *, key, header, teacher=None, log_path
     return best, summary, chosen
 
 
+def search_teacher(model, cfg, teacher=None):
+    """Whom a search's fine-tunes learn from: `teacher`, or with cfg.distill (`--distill`) a frozen
+    copy of the original, for the probes or steps as for the final fine-tune."""
+    return teacher if teacher is not None or not cfg.distill else copy.deepcopy(model).eval()
+
+
 def finish(model, best, task, cfg, base_counts, *, tune, teacher=None, base_val=None, resume=None, **fields):
     """The chosen model's final fine-tune (distilling from `teacher`, or from the original when
     cfg.distill; resumable from `resume` with convslim's trainer) and the figures every automatic
     result reports: scores before and after, test figures when the task has them, FLOPs and params
     and their reductions, epochs and seconds."""
     t_final = time.perf_counter()
-    teacher = teacher if teacher is not None else (copy.deepcopy(model) if cfg.distill else None)
+    teacher = search_teacher(model, cfg, teacher)
     if tune:
         task.tune(best, cfg.final_epochs, teacher, resume=resume)
         if resume is not None and Path(resume).exists():

@@ -209,7 +209,8 @@ def register(sub):
     p.add_argument("--final-epochs", type=non_negative, default=10.0, help="fine-tune of the chosen model")
     p.add_argument("--lr", type=positive, default=0.01, help="fine-tuning learning rate")
     p.add_argument("--batch-size", type=positive_int, default=128)
-    p.add_argument("--distill", action="store_true", help="the search's fine-tunes and the final one distil from the original model")
+    p.add_argument("--distill", action="store_true",
+                   help="the search's fine-tunes and the final one distil from the original model")
     p.add_argument("--teacher", help="saved model to distil from in every fine-tune (implies distillation)")
     p.add_argument("--log", help="search log (default OUT.search.json); an existing one is resumed")
     p.add_argument("--search", choices=SEARCHES, default=DEFAULT_SEARCH,

@@ -1,10 +1,9 @@
 """The fully automatic pruner: the budget search (convslim.budget) over the one cumulative
 contribution rate cr, with channel importance computed once and reused by every probe."""
-import copy
 import dataclasses
 import time
 
-from ..budget import SearchConfig, budget_search, finish, on_search_device, recover, task_for
+from ..budget import SearchConfig, budget_search, finish, on_search_device, recover, search_teacher, task_for
 from ..checkpoint import ensure_record, example_input, record_of
 from ..errors import ConvslimError
 from ..latency import compare_ms, measure_model
@@ -44,8 +43,7 @@ def auto_prune(model, data=None, cfg=None, *, example_input=None, evaluate=None,
     task = task_for(data, cfg, progress, evaluate=evaluate, finetune=finetune, batches=batches, test=test)
     ensure_record(model, example_input, task.batches if example_input is None else None)
     model = on_search_device(model, data, cfg).eval()
-    if teacher is None and cfg.distill:           # --distill: the search's fine-tunes learn from the original too
-        teacher = copy.deepcopy(model).eval()
+    teacher = search_teacher(model, cfg, teacher)
     task = task.distilling(teacher)
     imp = importance or channel_importance(model, data if data is not None and batches is None else task,
                                            criterion=criterion, calib_batches=calib_batches, options=options,
