@@ -257,6 +257,16 @@ def cmd_speed(args):
         cache.put(pruned.stem, {"base": name, **pruned_row(model, slim), "base_latency": lat_base, "latency": lat_slim})
 
 
+def ratio_list(text):
+    try:
+        ratios = [float(x) for x in text.split(",")]
+    except ValueError:
+        ratios = []
+    if not ratios or not all(0 < r < 1 for r in ratios):
+        raise argparse.ArgumentTypeError(f"ratios are numbers between 0 and 1, comma-separated; got {text!r}")
+    return ratios
+
+
 def table_list(text):
     tables = [t.strip() for t in text.split(",") if t.strip()]
     if not tables or set(tables) - {"3-3", "3-4", "4-1"}:
@@ -287,7 +297,7 @@ def main():
             p.add_argument("--variants", type=lambda s: s.split(","), default=list(VARIANTS))
         if table == "ablations":
             p.add_argument("--crs", type=lambda s: [float(x) for x in s.split(",")], default=[0.9, 0.8, 0.6, 0.4])
-            p.add_argument("--ratios", type=lambda s: [float(x) for x in s.split(",")], default=list(RATIOS),
+            p.add_argument("--ratios", type=ratio_list, default=list(RATIOS),
                            help="the per-layer ratios of tables 3-3 and 3-4 (one ratio at a time on a slow machine)")
             p.add_argument("--tables", type=table_list, default=["3-3", "3-4", "4-1"],
                            help="which of the thesis's tables to run (4-1 alone first on a slow machine)")
