@@ -47,6 +47,7 @@ def base_model(spec, args):
         path = Path(__file__).resolve().parents[1] / "runs" / f"auto_oracle_{name}.pt"
         if not path.exists():
             import torch
+            path.parent.mkdir(parents=True, exist_ok=True)
             torch.manual_seed(0)
             model = convslim.build_model("digits_resnet", num_classes=10, in_channels=1, input_shape=[1, 8, 8],
                                          width=args.width)
@@ -171,7 +172,8 @@ def main():
     ap.add_argument("--model", help="digits, or a saved .pt trained on CIFAR-10")
     ap.add_argument("--render", action="store_true")
     ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
-    ap.add_argument("--searches", type=lambda s: s.split(","), default=["thesis", "progressive"])
+    ap.add_argument("--searches", type=lambda s: [x for x in s.split(",") if x], default=["thesis", "progressive"],
+                    help="comma-separated; empty runs the oracle grid alone")
     ap.add_argument("--probe-epochs", type=float, default=1.0)
     ap.add_argument("--final-epochs", type=float, default=10.0)
     ap.add_argument("--max-acc-loss", type=float, default=1.0)

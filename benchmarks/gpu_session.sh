@@ -21,7 +21,7 @@ END=${END:-550}                 # seconds after START when whatever still runs i
 EPOCHS=${EPOCHS:-30}            # each ablation arm
 BASE_EPOCHS=${BASE_EPOCHS:-100}
 DEVICE=${DEVICE:-cuda}
-PARTS=${PARTS:-cuda ablation}   # cuda: tests, demo, torchrun; ablation: table 0's trainings; oracle: table 8's rows; thesis: table 3a
+PARTS=${PARTS:-cuda ablation}   # cuda: tests, demo, torchrun; ablation: table 0's trainings; oracle: table 8's rows; thesis: table 3a; rows: ROWS side by side
 CUDA_PATH=0; case " $PARTS " in *" cuda "*) CUDA_PATH=1;; esac
 has() { case " $PARTS " in *" $1 "*) return 0;; esac; return 1; }
 # DATA_TAR: the image tree as .tar.gz (a dry run: a few images per class)
@@ -50,6 +50,14 @@ fi
 print('torch', torch.__version__, 'cuda', torch.cuda.is_available() and torch.cuda.get_device_name(),
       'ort', onnxruntime.__version__, 'tp', torch_pruning.__version__)"; } > "$R/env.txt" 2>&1
 log "environment: $(tail -1 "$R/env.txt")"
+if [ "${MPS:-1}" = 1 ] && command -v nvidia-cuda-mps-control > /dev/null; then   # many small processes share the GPU
+  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps CUDA_MPS_LOG_DIRECTORY=/tmp/mpslog; mkdir -p /tmp/mps /tmp/mpslog
+  if nvidia-cuda-mps-control -d && timeout 60 "$PY" -c "import torch; torch.ones(1, device='cuda').sum().item()"; then
+    log "MPS on"
+  else
+    echo quit | nvidia-cuda-mps-control; unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY; log "MPS off"
+  fi
+fi
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 15 > "$R/gpu.csv" 2>/dev/null &
 SMI=$!
 
@@ -78,6 +86,32 @@ if has thesis; then   # issue 13's tables 3-3, 3-4, 4-1 at a real recovery (.gpu
       --model "../${THESIS_MODEL:-.gpu/vgg16w05-cifar10-45ep.pt}" --device "$DEVICE" --seeds "${THESIS_SEEDS:-0,1}" \
       --ft-epochs 5 --cache ablations_recovery > "$R/thesis.log" 2>&1; echo "rc=$?" >> "$R/thesis.log"
     cp results/pruning/ablations_recovery.json "$R/" 2>/dev/null; log "thesis tables done: $(tail -1 "$R/thesis.log")" ) &
+fi
+if has rows; then   # result rows side by side, each in its own copy of benchmarks/ (one writer per cache file);
+  # $OUT/rows.tar.gz brings back each copy's results/ and the searches' step logs, merged here by merge_rows.py
+  CONVSLIM_CIFAR="$DATA_TAR" "$PY" -c "from convslim.data import load_data; import os
+load_data('cifar10:' + os.environ['CONVSLIM_CIFAR'], val_fraction=0.1, seed=0)" > "$R/prep.log" 2>&1
+  log "cifar cached"
+  V=$PWD/.gpu/vgg16w05-cifar10-45ep.pt; N=$PWD/.gpu/resnet20-cifar10-70ep.pt
+  O="auto_oracle.py --device $DEVICE --seeds 0 --final-epochs 5 --probe-epochs 0.5 --batch-size 128"
+  T="pruning_tables.py ablations --model $V --device $DEVICE --ft-epochs 5 --cache ablations_recovery --tables 3-3,3-4"
+  while IFS='|' read -r name args; do
+    [ -z "$name" ] && continue
+    rm -rf "/tmp/rows/$name"; mkdir -p /tmp/rows; cp -r benchmarks "/tmp/rows/$name"
+    ( cd "/tmp/rows/$name" && CONVSLIM_CIFAR="$DATA_TAR" timeout "$(left)" "$PY" $args > "$R/row-$name.log" 2>&1
+      echo "rc=$?" >> "$R/row-$name.log"; log "row $name done: $(tail -1 "$R/row-$name.log")" ) &
+  done <<ROWS
+${ROWS:-v-grid|$O --model $V --min-cr 0.7 --searches=
+v-prog|$O --model $V --searches progressive
+v-thesis|$O --model $V --searches thesis
+v-prog-kd|$O --model $V --searches progressive --distill
+r-thesis|$O --model $N --min-cr 0.8 --searches thesis
+t-s0|$T --seeds 0 --ratios 0.2
+t-s1a|$T --seeds 1 --ratios 0.6
+t-s1b|$T --seeds 1 --ratios 0.4
+t-s1c|$T --seeds 1 --ratios 0.8
+t-s1d|$T --seeds 1 --ratios 0.2}
+ROWS
 fi
 has ablation || { while [ "$(jobs -rp | grep -vx "$SMI" | wc -l)" -gt 0 ] && [ "$(left)" -gt 1 ]; do sleep 5; done; }
 has ablation && tar -xzf "$DATA_TAR" -C /tmp/data/orig
@@ -109,7 +143,7 @@ done
 
 while [ "$(jobs -rp | grep -vx "$SMI" | wc -l)" -gt 0 ] && [ "$(left)" -gt 1 ]; do sleep 5; done
 log "stopping"
-pkill -f "convslim train" ; pkill -f "scripts/demo"; pkill -f pytest; pkill -f auto_oracle; sleep 3
+pkill -f "convslim train" ; pkill -f "scripts/demo"; pkill -f pytest; pkill -f auto_oracle; pkill -f pruning_tables; sleep 3
 
 "$PY" - "$R" > "$R/summary.txt" 2>&1 <<'EOF'
 import glob, json, os, sys, torch
@@ -136,4 +170,6 @@ cat "$R/summary.txt"; cat "$R/timeline.txt"
 cp "$R/summary.txt" "$R/timeline.txt" "$OUT/" 2>/dev/null
 tail -n 30 "$R/tests.log" > "$OUT/tests_tail.txt" 2>/dev/null
 tar -czf "$OUT/res.tar.gz" -C /tmp res
+has rows && (cd /tmp && { find rows/runs -type f -size -5M; ls rows/*/results/auto_oracle/*.json rows/*/results/pruning/ablations_recovery.json; } \
+  > /tmp/rows.list 2>/dev/null; tar -czf "$OUT/rows.tar.gz" -T /tmp/rows.list)   # step logs and small candidates: a search resumes
 ls -la "$OUT"

@@ -15,6 +15,7 @@ by the CLI; a user's loader, loop and metric are another, and the searches canno
 from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Optional
 
+from .distributed import pick_device
 from .errors import ConvslimError
 from .kd import kd_loss_fn
 from .train import TrainConfig, evaluate as evaluate_split, fit
@@ -71,10 +72,11 @@ class Task:
         The one place "fine-tune, with distillation when a teacher is given" is written: the CLI's
         fine-tunes and the families' call `Task.from_splits(...).tune(model, epochs, teacher)`."""
 
-        finetune, distil = trainer(splits, lr=lr, batch_size=batch_size, seed=seed, device=device,
+        device = pick_device(device)        # scores run where the fine-tunes do, never on another device
+        finetune, distil = trainer(splits, lr=lr, batch_size=batch_size, seed=seed, device=str(device),
                                    progress=progress, **train_options)
-        return cls(evaluate=lambda m: evaluate_split(m, splits, "val")["top1"],
-                   test=lambda m: evaluate_split(m, splits, "test")["top1"],
+        return cls(evaluate=lambda m: evaluate_split(m, splits, "val", device=device)["top1"],
+                   test=lambda m: evaluate_split(m, splits, "test", device=device)["top1"],
                    batches=SplitBatches(splits, calib_batch_size, seed), finetune=finetune,
                    teacher_finetune=distil, metric="top-1 %", bn_data=splits)
 

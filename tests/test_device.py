@@ -154,3 +154,24 @@ def test_deterministic_switches_cudnn_to_repeatable_kernels(monkeypatch):
         assert not torch.backends.cudnn.deterministic
     finally:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
+
+
+def test_a_device_the_user_names_is_kept_on_a_machine_with_a_gpu(digits, monkeypatch):
+    """On a GPU machine `device="cpu"` must hold for every step of a search: its probes, scores and
+    BatchNorm passes. The machine is pretended to have CUDA, so any step that picks "auto" instead
+    fails here (a CPU build cannot reach CUDA), as it did on a lent H200 before the fix."""
+    from convslim.decomposition import auto_decompose
+
+    torch.manual_seed(0)
+    model = convslim.build_model("digitsnet", num_classes=10, in_channels=1, input_shape=[1, 8, 8])
+    convslim.fit(model, digits, convslim.TrainConfig(epochs=1, batch_size=64, progress=False, device="cpu"),
+                 validate=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cfg = convslim.SearchConfig(max_acc_loss=50.0, min_interval=0.25, probe_epochs=0.2, final_epochs=0.2,
+                                batch_size=64, device="cpu", search="thesis")
+    for search in (lambda: convslim.auto_prune(model, digits, cfg, progress=False, echo=lambda *a: None),
+                   lambda: auto_decompose(model, digits, "svd", cfg, progress=False, echo=lambda *a: None)):
+        best, summary = search()
+        assert on(best, "cpu") and on(model, "cpu") and summary["flops"] < summary["base_flops"]
+    task = convslim.Task.from_splits(digits, device="cpu")
+    assert 0 <= task.evaluate(model) <= 100 and on(model, "cpu")

@@ -415,7 +415,7 @@ def test_distill_makes_every_fine_tune_of_the_search_learn_from_the_original(dig
         assert teacher is not model and all(torch.equal(teacher.state_dict()[k], v) for k, v in original.items())
         calls.append(("distil", epochs))
 
-    own = convslim.Task.from_splits(digits, batch_size=64)
+    own = convslim.Task.from_splits(digits, batch_size=64, device="cpu")
     task = convslim.Task(evaluate=own.evaluate, batches=own.batches, finetune=plain, teacher_finetune=distil,
                          bn_data=digits)
     cfg = convslim.SearchConfig(max_acc_loss=3.0, min_interval=0.25, probe_epochs=0.5, final_epochs=2, distill=True,
@@ -433,7 +433,7 @@ def test_distill_leaves_a_users_own_loop_without_a_distilling_one_as_it_is(digit
     def mine(model, epochs):
         calls.append(epochs)
 
-    own = convslim.Task.from_splits(digits, batch_size=64)
+    own = convslim.Task.from_splits(digits, batch_size=64, device="cpu")
     task = convslim.Task(evaluate=own.evaluate, batches=own.batches, finetune=mine)
     assert task.distilling(copy.deepcopy(trained_model(digits))) is task
     kd = own.distilling(copy.deepcopy(trained_model(digits)))

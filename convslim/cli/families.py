@@ -85,12 +85,18 @@ def _sizes(model):
     return c["params"], c["flops"]
 
 
+def _top1(model, splits, args, split="test"):
+    """Top-1 on a split, scored on --device (never moved to another one)."""
+    from ..distributed import pick_device
+    from ..train import evaluate
+    return evaluate(model, splits, split, device=pick_device(args.device))["top1"]
+
+
 # --- distill -------------------------------------------------------------------------------------
 
 def cmd_distill(args):
     from ..distill import distill_fit, report_section
     from ..binding import remember_data
-    from ..train import evaluate
 
     if not args.teacher.endswith(".pt"):
         raise ConvslimError(f"--teacher must be a trained model saved as .pt, got {args.teacher!r}")
@@ -106,11 +112,11 @@ def cmd_distill(args):
                                 "distil into a fresh student or one trained on the same data")
         open_data(args, student)  # checks shape and classes
     remember_data(student, splits, args.data)
-    teacher_test, teacher_val = evaluate(teacher, splits, "test")["top1"], evaluate(teacher, splits, "val")["top1"]
-    before = evaluate(student, splits, "test")["top1"]
+    teacher_test, teacher_val = _top1(teacher, splits, args, "test"), _top1(teacher, splits, args, "val")
+    before = _top1(student, splits, args, "test")
     log = distill_fit(student, teacher, splits, cfg, dcfg)
     student.eval()
-    after = evaluate(student, splits, "test")["top1"]
+    after = _top1(student, splits, args, "test")
     tp, tf = _sizes(teacher)
     sp, sf = _sizes(student)
     summary = {"losses": list(dcfg.losses), "teacher_test": teacher_test, "teacher_val": teacher_val,
@@ -141,7 +147,6 @@ def cmd_decompose(args):
     from ..budget import flops_params
     from ..decomposition import auto_decompose, decompose
     from ..decomposition.report import report_section
-    from ..train import evaluate
 
     layers = [x.strip() for x in args.layers.split(",")] if args.layers else None
     if args.auto and not args.data:
@@ -169,12 +174,12 @@ def cmd_decompose(args):
         slim, rows = decompose(model, args.method, args.energy, layers=layers)
         summary = {"method": args.method, "energy": args.energy, "layers": rows}
         if splits is not None:
-            summary["base_test_acc"] = evaluate(model, splits, "test")["top1"]
-            summary["decomposed_test_acc"] = evaluate(slim, splits, "test")["top1"]
+            summary["base_test_acc"] = _top1(model, splits, args, "test")
+            summary["decomposed_test_acc"] = _top1(slim, splits, args, "test")
             if args.epochs > 0:
                 _task(args, splits).tune(slim, args.epochs, copy.deepcopy(model) if args.distill else None)
                 slim.eval()
-            summary["test_acc"] = evaluate(slim, splits, "test")["top1"]
+            summary["test_acc"] = _top1(slim, splits, args, "test")
         summary.update(flops_params(count(model, example_input(model)), count(slim, example_input(slim))))
     print_layers(summary["layers"])
     print(f"FLOPs {summary['base_flops']:,} -> {summary['flops']:,} (-{summary['flops_reduction']:.1f}%), "
@@ -196,7 +201,6 @@ def cmd_decompose(args):
 def cmd_sparsify(args):
     from ..sparsity import SparsifyConfig, save_sparse, sparsify, storage_sizes
     from ..sparsity.report import report_section
-    from ..train import evaluate
 
     if not (args.out or args.csr):
         raise ConvslimError("give --out (dense .pt with zeros) and/or --csr (sparse CSR file)")
@@ -209,8 +213,8 @@ def cmd_sparsify(args):
     sparse, _, summary = sparsify(model, splits, cfg, progress=not args.quiet)
     summary["sizes"] = storage_sizes(sparse)
     if splits is not None:
-        summary["base_test_acc"] = evaluate(model, splits, "test")["top1"]
-        summary["test_acc"] = evaluate(sparse, splits, "test")["top1"]
+        summary["base_test_acc"] = _top1(model, splits, args, "test")
+        summary["test_acc"] = _top1(sparse, splits, args, "test")
         print(f"test top-1 {summary['base_test_acc']:.2f}% dense -> {summary['test_acc']:.2f}% at "
               f"{100 * summary['sparsity']:.1f}% sparsity")
     size = summary["sizes"]
@@ -234,7 +238,6 @@ def cmd_sparsify(args):
 def cmd_convert(args):
     from ..convert import convert, report_section
     from ..distill import distill_fit
-    from ..train import evaluate
 
     if not args.model.endswith(".pt"):
         raise ConvslimError("--model must be a trained model saved as .pt: it is the teacher of the converted one")
@@ -250,8 +253,8 @@ def cmd_convert(args):
     student.eval()
     bp, bf = _sizes(model)
     sp, sf = _sizes(student)
-    summary = {"to": args.to, "epochs": cfg.epochs, "base_test": evaluate(model, splits, "test")["top1"],
-               "test": evaluate(student, splits, "test")["top1"], "base_params": bp, "params": sp,
+    summary = {"to": args.to, "epochs": cfg.epochs, "base_test": _top1(model, splits, args, "test"),
+               "test": _top1(student, splits, args, "test"), "base_params": bp, "params": sp,
                "base_flops": bf, "flops": sf, "layers": rows}
     save(student, args.out, convert={"to": args.to, "test_acc": summary["test"]})
     print(f"test top-1 {summary['base_test']:.2f}% -> {summary['test']:.2f}%, params {bp:,} -> {sp:,}, "
