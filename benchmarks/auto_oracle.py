@@ -137,13 +137,14 @@ def render():
             o = list(oracle.values())
             rows.append(["oracle (grid, step 0.05)", len(o), span(r["flops_reduction"] for r in o),
                          span((r["test"] - base_test(runs) for r in o), "{:+.2f}"), "100%",
-                         f"{sum(r['epochs'] for r in runs if r['kind'] == 'oracle' and r['seed'] == seeds[0]):g} (grid) + 0"])
+                         f"{sum(r['epochs'] for r in runs if r['kind'] == 'oracle' and r['seed'] == seeds[0]):g} (grid) + 0",
+                         machines([r for r in runs if r["kind"] == "oracle"], data)])
         if steady:
             st = list(steady.values())
             rows.append(["steady oracle (every milder grid point accepted too)", len(st),
                          span(r["flops_reduction"] for r in st), span((r["test"] - base_test(runs) for r in st), "{:+.2f}"),
                          span((100 * r["flops_reduction"] / oracle[r["seed"]]["flops_reduction"] for r in st), "{:.0f}%"),
-                         "(same grid)"])
+                         "(same grid)", ""])
         for search in SEARCHES:
             for probe in sorted({r.get("probe_epochs") for r in runs if r["kind"] == search}):
                 rs = [r for r in runs if r["kind"] == search and r["probe_epochs"] == probe]
@@ -152,14 +153,22 @@ def render():
                 rows.append([f"auto --search {search.replace('+distill', ' --distill')} (probe {probe:g} epochs)", len(rs),
                              span(r["flops_reduction"] for r in rs), span((r["test"] - r["base_test"] for r in rs), "{:+.2f}"),
                              span((100 * x for x in share), "{:.0f}%") if share else "-",
-                             f"{span((r['search_epochs'] for r in rs), '{:g}')} + {rs[0]['final_epochs']:g}"])
+                             f"{span((r['search_epochs'] for r in rs), '{:g}')} + {rs[0]['final_epochs']:g}",
+                             machines(rs, data)])
         lines.append(f"### {path.stem}\n")
         lines.append(markdown_table(["method", "seeds", "FLOPs reduction %", "test change (points)", "share of oracle",
-                                     "epochs (search + final)"], rows))
+                                     "epochs (search + final)", "machine"], rows))
         lines.append("\nMade by (in benchmarks/):\n\n" + "\n".join(f"    {c}" for c in data["commands"]) + "\n")
     md = "\n".join(lines)
     (RESULTS / "auto_oracle.md").write_text(md + "\n")
     print(md)
+
+
+def machines(records, data):
+    """Where the records ran: 'CPU', 'H200' (merge_rows.py marks runs made on another machine)."""
+    def short(m):
+        return next((w for w in str(m).replace(",", " ").split() if w[:1] in "HAL" and w[1:].isdigit()), "GPU") if "NVIDIA" in str(m) else "CPU"
+    return ", ".join(sorted({short(r.get("machine") or data.get("machine", {}).get("gpu")) for r in records}))
 
 
 def base_test(runs):

@@ -49,6 +49,12 @@ def write_results(name, payload, markdown):
     print(markdown)
 
 
+def machine_label(m=None):
+    """A short name for a machine record: its GPU if it had one, else its CPU; and the torch version."""
+    m = machine() if m is None else m
+    return f"{m.get('gpu') or m.get('cpu')}, torch {m.get('torch')}"
+
+
 class RunCache:
     """One table's finished runs, {key: record}, with the command lines that made them; rewritten
     atomically after every run, so a stopped benchmark resumes where it was."""
@@ -64,6 +70,7 @@ class RunCache:
         return key in self.runs
 
     def put(self, key, record):
+        record = {**record, "machine": record.get("machine", machine_label())}   # a cache file can mix machines
         self.runs[key] = record
         line = " ".join([f"python {self.script}", *sys.argv[1:]])
         if line not in self.commands:

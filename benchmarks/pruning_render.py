@@ -237,6 +237,16 @@ def proxy_table(runs):
               "its full fine-tune: the search judges probes by that reading, so a short probe makes it cautious.")
 
 
+def machines_used():
+    """The machines the cached runs were made on (a file's own, and the runs merge_rows.py marked)."""
+    seen = set()
+    for path in CACHE.glob("*.json"):
+        data = json.loads(path.read_text())
+        seen.add(data.get("machine", {}).get("gpu") or data.get("machine", {}).get("cpu"))
+        seen |= {r["machine"].split(",")[0] for r in data.get("runs", {}).values() if isinstance(r, dict) and "machine" in r}
+    return ", ".join(sorted(m for m in seen if m))
+
+
 def render():
     FIGS.mkdir(parents=True, exist_ok=True)
     base, crit, abl, auto, speed = (load(t) for t in ("base", "criteria", "ablations", "auto", "speed"))
@@ -251,7 +261,8 @@ def render():
     md = "\n\n".join([
         "# Pruning benchmarks on CIFAR-10 (issue 4)\n\nEvery figure below comes from the cached runs in "
         "`benchmarks/results/pruning/*.json`, made by the commands given with each table, and rendered by "
-        f"`{CMD} render`. Machine: {machine()['cpu']}, 2 shared cores, no GPU.",
+        f"`{CMD} render`. Machines: {machines_used()}; CPU runs on 2 shared cores, and a command made on a "
+        "GPU says so after it (`# on ...`).",
         FINDINGS.read_text().strip() if FINDINGS.exists() else "",
         (RESULTS / "bases.md").read_text().strip() if (RESULTS / "bases.md").exists() else "",
         base_tables(base),
