@@ -12,6 +12,7 @@ import torch
 import convslim
 from conftest import on
 from convslim.checkpoint import example_input
+from convslim.cli import main
 from convslim.convert import compare_layers, convert
 from convslim.decomposition import LowRank, decompose
 from convslim.device import device_of
@@ -156,7 +157,7 @@ def test_deterministic_switches_cudnn_to_repeatable_kernels(monkeypatch):
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
 
 
-def test_a_device_the_user_names_is_kept_on_a_machine_with_a_gpu(digits, monkeypatch):
+def test_a_device_the_user_names_is_kept_on_a_machine_with_a_gpu(digits, tmp_path, monkeypatch):
     """On a GPU machine `device="cpu"` must hold for every step of a search: its probes, scores and
     BatchNorm passes. The machine is pretended to have CUDA, so any step that picks "auto" instead
     fails here (a CPU build cannot reach CUDA), as it did on a lent H200 before the fix."""
@@ -175,3 +176,7 @@ def test_a_device_the_user_names_is_kept_on_a_machine_with_a_gpu(digits, monkeyp
         assert on(best, "cpu") and on(model, "cpu") and summary["flops"] < summary["base_flops"]
     task = convslim.Task.from_splits(digits, device="cpu")
     assert 0 <= task.evaluate(model) <= 100 and on(model, "cpu")
+    convslim.save(model, tmp_path / "m.pt")
+    for cmd in (["prune", "--cr", "0.9", "--finetune-epochs", "0.1"], ["decompose", "--energy", "0.9", "--epochs", "0.1"]):
+        assert main([*cmd, "--model", str(tmp_path / "m.pt"), "--data", "digits", "--device", "cpu",
+                     "--out", str(tmp_path / f"{cmd[0]}.pt")]) == 0

@@ -66,6 +66,7 @@ def print_result(summary):
 def cmd_prune(args):
     from ..budget import flops_params
     from ..checkpoint import example_input
+    from ..distributed import pick_device
     from ..metrics import count
     from ..pruning.prune import apply_rule, channel_importance
     from ..task import Task
@@ -86,7 +87,9 @@ def cmd_prune(args):
     Task.from_splits(splits, lr=args.lr, seed=args.seed, device=args.device,
                      progress=True).tune(slim, args.finetune_epochs, teacher)
     summary = flops_params(count(model, example_input(model)), count(slim, example_input(slim)))
-    summary.update(base_test_acc=evaluate(model, splits, "test")["top1"], test_acc=evaluate(slim, splits, "test")["top1"],
+    device = pick_device(args.device)                  # scored where it was tuned, as --device says
+    summary.update(base_test_acc=evaluate(model, splits, "test", device=device)["top1"],
+                   test_acc=evaluate(slim, splits, "test", device=device)["top1"],
                    rule=rule, value=value, criterion=args.criterion, channels=kept)
     save(slim, out, inputs=[args.model, args.weights], pruning={"rule": rule, "criterion": args.criterion})
     print_result(summary)
