@@ -31,6 +31,7 @@ from convslim.train import TrainConfig, evaluate, fit
 from common import CIFAR, RESULTS, RunCache, markdown_table
 
 CACHE = RESULTS / "auto_oracle"
+STEPS = CACHE / "steps"        # each finished search's step log: how it decided, read by the gap table
 SEARCHES = ("thesis", "progressive", "verified", "calibrated", "thesis+distill", "progressive+distill",
             "verified+distill")
 
@@ -93,6 +94,8 @@ def run_search(model, splits, name, args, cache, search, seed):
     logs.mkdir(parents=True, exist_ok=True)
     log = logs / f"{name}-final{args.final_epochs:g}-{key.replace('|', '-').replace(' ', '')}.json"
     _, s = convslim.auto_prune(model, splits, cfg, progress=False, log_path=log)
+    STEPS.mkdir(parents=True, exist_ok=True)
+    (STEPS / log.name).write_text(log.read_text())
     cache.put(key, {"kind": search + ("+distill" if args.distill else ""), "seed": seed, "probe_epochs": args.probe_epochs, "val": s["final_val_acc"],
                     "base_val": s["base_val_acc"], "test": s["test_acc"], "base_test": s["base_test_acc"],
                     "flops_reduction": s["flops_reduction"], "search_epochs": s["search_epochs"],
@@ -159,9 +162,43 @@ def render():
         lines.append(markdown_table(["method", "seeds", "FLOPs reduction %", "test change (points)", "share of oracle",
                                      "epochs (search + final)", "machine"], rows))
         lines.append("\nMade by (in benchmarks/):\n\n" + "\n".join(f"    {c}" for c in data["commands"]) + "\n")
+        lines.extend(gap_table(path.stem, runs))
     md = "\n".join(lines)
     (RESULTS / "auto_oracle.md").write_text(md + "\n")
     print(md)
+
+
+def gap_table(stem, runs):
+    """What a short probe says against what the final fine-tune gives, at the same cr: the thesis
+    search's probes (its step log) beside the oracle grid's final readings, interpolated in cr.
+    Damage is counted from the paired control (the original after the same short fine-tune, from
+    the progressive search's first step) for the probe, and from the original for the final."""
+    out = []
+    for log in sorted(STEPS.glob(f"{stem}-thesis-probe*-seed*.json")):
+        seed = int(log.stem.rsplit("seed", 1)[1])
+        grid = sorted((r["cr"], r["val"]) for r in runs if r["kind"] == "oracle" and r["seed"] == seed)
+        steps = json.loads(log.read_text())
+        base = steps["header"]["base_val_acc"]
+        control = next((json.loads(p.read_text())["probes"][0]["start_val_acc"]
+                        for p in sorted(STEPS.glob(f"{stem}-progressive-probe*-seed{seed}.json"))), None)
+        rows = []
+        for p in steps["probes"]:
+            cr = p["cr"]
+            near = [(a, b) for a, b in zip(grid, grid[1:]) if a[0] <= cr <= b[0]]
+            if not near or control is None:
+                continue
+            (c0, v0), (c1, v1) = near[0]
+            final = v0 + (v1 - v0) * (cr - c0) / (c1 - c0) if c1 > c0 else v0
+            probe_cost, final_cost = control - p["val_acc"], base - final
+            rows.append([f"{cr:.3f}", f"{p['val_acc']:.2f}", f"{probe_cost:+.2f}", f"{final:.2f}", f"{final_cost:+.2f}",
+                         f"{final_cost / probe_cost:.2f}" if probe_cost > 0.2 else "-"])
+        if rows:
+            out.append(f"\nProbe against final ({log.stem}): validation base {base:.2f}, paired control "
+                       f"{control:.2f} (the original after the probe's fine-tune); final = the grid's 5-point "
+                       "readings interpolated in cr. Ratio = final damage / probe damage.\n")
+            out.append(markdown_table(["cr", "probe val", "probe damage (vs control)", "final val (grid)",
+                                       "final damage (vs base)", "ratio"], rows))
+    return out
 
 
 def machines(records, data):
