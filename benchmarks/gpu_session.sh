@@ -12,7 +12,11 @@
 #     the progressive search, with and without --distill, one seed (ORACLE_SEEDS).
 #  4. (part "thesis", issue 13) tables 3-3, 3-4 and 4-1 on vgg16@0.5 with 5-epoch fine-tunes, 2 seeds
 #     (about 200 epochs: resumable from its cache, results/pruning/ablations_recovery.json, over calls).
-# PARTS picks what runs (default "cuda ablation"; "cuda oracle" for the next session's rows).
+#  5. (part "rows") independent result rows side by side, one process each in its own copy of
+#     benchmarks/ (MPS on when the machine has it): by default table 8's seeds 1 and 2 on both interim
+#     bases; ROWS="name|script args" lines pick others. Unpack $OUT/rows.tar.gz here and run
+#     `python benchmarks/merge_rows.py <dir>/rows` to fold them into results/.
+# PARTS picks what runs (default "cuda ablation"; "cuda rows" for the next session's rows).
 # Leaves $OUT/summary.txt and $OUT/res.tar.gz (logs, each run's JSON, the base run's model or state).
 # Every training run uses --resume, so one stopped at the deadline can be continued elsewhere.
 set -u
@@ -93,24 +97,22 @@ if has rows; then   # result rows side by side, each in its own copy of benchmar
 load_data('cifar10:' + os.environ['CONVSLIM_CIFAR'], val_fraction=0.1, seed=0)" > "$R/prep.log" 2>&1
   log "cifar cached"
   V=$PWD/.gpu/vgg16w05-cifar10-45ep.pt; N=$PWD/.gpu/resnet20-cifar10-70ep.pt
-  O="auto_oracle.py --device $DEVICE --seeds 0 --final-epochs 5 --probe-epochs 0.5 --batch-size 128"
+  O="auto_oracle.py --device $DEVICE --final-epochs 5 --probe-epochs 0.5 --batch-size 128"
   T="pruning_tables.py ablations --model $V --device $DEVICE --ft-epochs 5 --cache ablations_recovery --tables 3-3,3-4"
   while IFS='|' read -r name args; do
     [ -z "$name" ] && continue
-    rm -rf "/tmp/rows/$name"; mkdir -p /tmp/rows; cp -r benchmarks "/tmp/rows/$name"
+    mkdir -p /tmp/rows; [ -d "/tmp/rows/$name" ] || cp -r benchmarks "/tmp/rows/$name"   # a second call resumes
     ( cd "/tmp/rows/$name" && CONVSLIM_CIFAR="$DATA_TAR" timeout "$(left)" "$PY" $args > "$R/row-$name.log" 2>&1
       echo "rc=$?" >> "$R/row-$name.log"; log "row $name done: $(tail -1 "$R/row-$name.log")" ) &
   done <<ROWS
-${ROWS:-v-grid|$O --model $V --min-cr 0.7 --searches=
-v-prog|$O --model $V --searches progressive
-v-thesis|$O --model $V --searches thesis
-v-prog-kd|$O --model $V --searches progressive --distill
-r-thesis|$O --model $N --min-cr 0.8 --searches thesis
-t-s0|$T --seeds 0 --ratios 0.2
-t-s1a|$T --seeds 1 --ratios 0.6
-t-s1b|$T --seeds 1 --ratios 0.4
-t-s1c|$T --seeds 1 --ratios 0.8
-t-s1d|$T --seeds 1 --ratios 0.2}
+${ROWS:-v-grid12|$O --model $V --seeds 1,2 --min-cr 0.7 --searches=
+r-grid12|$O --model $N --seeds 1,2 --min-cr 0.8 --searches=
+v-prog1|$O --model $V --seeds 1 --min-cr 1 --searches progressive
+v-prog2|$O --model $V --seeds 2 --min-cr 1 --searches progressive
+v-kd1|$O --model $V --seeds 1 --min-cr 1 --searches progressive --distill
+v-kd2|$O --model $V --seeds 2 --min-cr 1 --searches progressive --distill
+r-prog12|$O --model $N --seeds 1,2 --min-cr 1 --searches progressive
+r-kd12|$O --model $N --seeds 1,2 --min-cr 1 --searches progressive --distill}
 ROWS
 fi
 has ablation || { while [ "$(jobs -rp | grep -vx "$SMI" | wc -l)" -gt 0 ] && [ "$(left)" -gt 1 ]; do sleep 5; done; }
