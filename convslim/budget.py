@@ -128,12 +128,13 @@ def flops_params(a, b):
 
 
 def budget_search(model, task, cfg, make, *, key, header, teacher=None, log_path=None, progress=True,
-                  echo=print, settings=None):
+                  echo=print, settings=None, hint=""):
     """Search `key` in [0, 1] with `make(value) -> (candidate, record fields)`, judged by
     `task.evaluate` (any metric, higher is better; the budget is in its units); returns
     (fine-tuned best model, summary, the chosen record or None). `cfg.search` picks the strategy
     (`thesis`: plain bisection on probe readings; `calibrated`: see `calibrated_search`).
-    `settings` (the command's resolved options) is kept in the log so the run can be repeated."""
+    `settings` (the command's resolved options) is kept in the log so the run can be repeated; `hint`
+    ends the line printed when nothing is kept (what else the caller offers)."""
     cfg = replace(cfg.check(), search=cfg.search or "thesis")
     teacher = search_teacher(model, cfg, teacher)
     task = task_for(task, cfg).distilling(teacher)
@@ -194,7 +195,7 @@ def budget_search(model, task, cfg, make, *, key, header, teacher=None, log_path
     chosen = {k: v for k, v in chosen.items() if not k.startswith("_")} if chosen else None
     if best is None:
         echo("no probe stayed within the accuracy budget: nothing is pruned, nothing is fine-tuned; "
-             "the model is returned as it came (try a larger --max-acc-loss or longer --probe-epochs)")
+             f"the model is returned as it came (try a larger --max-acc-loss or longer --probe-epochs{hint})")
         best = copy.deepcopy(model)
     search_epochs = sum(r.get("epochs", cfg.probe_epochs) for r in log.probes)
     summary = finish(model, best, task, cfg, base_counts, tune=chosen is not None, teacher=teacher,

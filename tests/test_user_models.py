@@ -159,3 +159,17 @@ def test_a_plain_module_with_a_tuple_output_is_named_then_selected(digits):
     model = convslim.select_output(Pair(), "logits")
     slim, _ = convslim.prune(model, digits, ratio=0.5, criterion="l1")
     assert slim(torch.zeros(2, 1, 8, 8)).shape == (2, 10) and slim.body[0].out_channels == 4
+
+
+def test_a_thesis_search_that_keeps_nothing_points_to_the_progressive_one(digits):
+    """When every probe reads below the budget (as a short fine-tune alone can make a converged model
+    read), the line says what else to try, the progressive search included."""
+    model = branches()
+    base = convslim.count(model, torch.zeros(1, 1, 8, 8))["flops"]
+    lines = []
+    cfg = SearchConfig(max_acc_loss=1.0, min_interval=0.25, probe_epochs=0, final_epochs=1, search="thesis", device="cpu")
+    best, summary = convslim.auto_prune(
+        model, digits, cfg, evaluate=lambda m: 90.0 if convslim.count(m, torch.zeros(1, 1, 8, 8))["flops"] == base else 10.0,
+        progress=False, echo=lines.append)
+    assert summary["pruned"] is False and summary["flops"] == base
+    assert any("nothing is pruned" in line and "--search progressive" in line for line in lines)

@@ -68,8 +68,9 @@ def auto_prune(model, data=None, cfg=None, *, example_input=None, evaluate=None,
                                   teacher=teacher, log_path=log_path, settings=settings, snap=snap,
                                   progress=progress, echo=echo)
     best, summary, _ = budget_search(model, task, cfg, make, key="cr", header=header, teacher=teacher,
-                                     log_path=log_path, progress=progress, echo=echo,
-                                     settings=settings)
+                                     log_path=log_path, progress=progress, echo=echo, settings=settings,
+                                     hint=", or --search progressive: it reads each step against the original after "
+                                          "the same short fine-tune, which alone can cost a converged model the budget")
     summary.update(channels=kept_per_layer(best), base_channels=kept_per_layer(model))
     return best, summary
 
