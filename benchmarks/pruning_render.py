@@ -143,8 +143,9 @@ def ablation_tables(runs, base, title="## 3. The thesis's ablations"):
     return (f"{title} ({model}, base test {b:.2f}%, {seeds} seed{'s' if seeds > 1 else ''})\n\n" + commands(table)
             + f"Each pruned model gets BatchNorm re-estimation and {r['ft_epochs']:g} epoch(s) of fine-tuning at lr "
               f"{r['lr']:g}. Cells: test change from the base, mean over seeds [min, max]."
-            + (" Runs are added as they finish (a 5-epoch vgg16@0.5 run takes about 18 minutes on this CPU, table "
-               "4-1 first); '-' is not run yet.\n\n" if table == "ablations_recovery" else "\n\n")
+            + (" Runs are added as they finish (a 5-epoch vgg16@0.5 run takes 10-18 minutes on this CPU and about "
+               "2 on an H200 shared with nine other runs; the commands say which ran there); '-' is not run "
+               "yet.\n\n" if table == "ablations_recovery" else "\n\n")
             + "### Table 3-3: permutation methods at one pruning ratio per layer\n\nThe thesis's own method: sampled "
             "permutation (one draw), conv-output measure, data input. Columns 2-4 are ours, the last three are "
             "seed 003's VGG16 (full width, base 89.08%, its own fine-tuning), quoted for reference.\n\n"
