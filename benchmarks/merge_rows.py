@@ -34,7 +34,7 @@ def merge(rows: Path):
             added.setdefault(dst, []).append(key)
         if dst in added:
             for line in new.get("commands", []):      # the copy also holds the commands that were here
-                line = re.sub(r"\S*/\.gpu/", "../../shared/bases/", line)   # the carried copies of the bases
+                line = re.sub(r"\S*/(\.gpu|shared/bases)/", "../../shared/bases/", line)   # the bases, carried or not
                 tagged = line if theirs == ours else f"{line}  # on {theirs}"
                 if line not in old["commands"] and tagged not in old["commands"]:
                     old["commands"].append(tagged)
