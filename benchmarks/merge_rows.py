@@ -19,7 +19,7 @@ def merge(rows: Path):
     for src in sorted(rows.glob("*/results/**/*.json")):
         dst = RESULTS.joinpath(*src.relative_to(rows).parts[2:])      # NAME/results/<table>/<file>
         new = json.loads(src.read_text())
-        if not isinstance(new, dict) or "runs" not in new:
+        if not isinstance(new, dict) or not isinstance(new.get("runs"), dict):   # a RunCache file only
             continue
         old = json.loads(dst.read_text()) if dst.exists() else {**new, "runs": {}, "commands": []}
         theirs = label(new.get("machine", {}))
