@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from common import RESULTS, machine_label as label
+from convslim.fileio import write_text_atomic
 
 
 def merge(rows: Path):
@@ -39,12 +40,12 @@ def merge(rows: Path):
                 if line not in old["commands"] and tagged not in old["commands"]:
                     old["commands"].append(tagged)
             dst.parent.mkdir(parents=True, exist_ok=True)
-            dst.write_text(json.dumps(old, indent=1))
+            write_text_atomic(dst, json.dumps(old, indent=1))
     for log in sorted((rows / "runs" / "auto_oracle").glob("*.json")):   # the searches' step logs
         steps = RESULTS / "auto_oracle" / "steps" / log.name
         if not steps.exists() and json.loads(log.read_text()).get("probes"):
             steps.parent.mkdir(parents=True, exist_ok=True)
-            steps.write_text(log.read_text())
+            write_text_atomic(steps, log.read_text())
             added.setdefault(steps, []).append("step log")
     for dst, keys in added.items():
         print(f"{dst.relative_to(RESULTS)}: {len(keys)} new runs")
