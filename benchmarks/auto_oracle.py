@@ -25,6 +25,7 @@ from convslim.binding import data_for
 from convslim.budget import SearchConfig, flops_params, recover, task_for
 from convslim.checkpoint import example_input
 from convslim.data import load_data
+from convslim.fileio import write_text_atomic
 from convslim.metrics import count
 from convslim.pruning.prune import apply_rule, channel_importance
 from convslim.train import TrainConfig, evaluate, fit
@@ -95,7 +96,7 @@ def run_search(model, splits, name, args, cache, search, seed):
     log = logs / f"{name}-final{args.final_epochs:g}-{key.replace('|', '-').replace(' ', '')}.json"
     _, s = convslim.auto_prune(model, splits, cfg, progress=False, log_path=log)
     STEPS.mkdir(parents=True, exist_ok=True)
-    (STEPS / log.name).write_text(log.read_text())
+    write_text_atomic(STEPS / log.name, log.read_text())
     cache.put(key, {"kind": search + ("+distill" if args.distill else ""), "seed": seed, "probe_epochs": args.probe_epochs, "val": s["final_val_acc"],
                     "base_val": s["base_val_acc"], "test": s["test_acc"], "base_test": s["base_test_acc"],
                     "flops_reduction": s["flops_reduction"], "search_epochs": s["search_epochs"],
@@ -194,11 +195,21 @@ def gap_table(stem, runs):
                          f"{final_cost / probe_cost:.2f}" if probe_cost > 0.2 else "-"])
         if rows:
             out.append(f"\nProbe against final ({log.stem}): validation base {base:.2f}, paired control "
-                       f"{control:.2f} (the original after the probe's fine-tune); final = the grid's 5-point "
-                       "readings interpolated in cr. Ratio = final damage / probe damage.\n")
+                       f"{control:.2f} (the original after the probe's fine-tune); final = the oracle grid's readings "
+                       "after the final fine-tune, interpolated in cr. Ratio = final damage / probe damage.\n")
             out.append(markdown_table(["cr", "probe val", "probe damage (vs control)", "final val (grid)",
                                        "final damage (vs base)", "ratio"], rows))
     return out
+
+
+def search_names(text):
+    """--searches: comma-separated names of convslim's searches; empty runs the grid alone."""
+    names = [x for x in text.split(",") if x]
+    bad = [x for x in names if x not in SEARCHES or "+" in x]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown search {bad[0]!r}: give thesis, progressive, verified or "
+                                         "calibrated (--distill adds the teacher)")
+    return names
 
 
 def machines(records, data):
@@ -218,7 +229,7 @@ def main():
     ap.add_argument("--model", help="digits, or a saved .pt trained on CIFAR-10")
     ap.add_argument("--render", action="store_true")
     ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
-    ap.add_argument("--searches", type=lambda s: [x for x in s.split(",") if x], default=["thesis", "progressive"],
+    ap.add_argument("--searches", type=search_names, default=["thesis", "progressive"],
                     help="comma-separated; empty runs the oracle grid alone")
     ap.add_argument("--probe-epochs", type=float, default=1.0)
     ap.add_argument("--final-epochs", type=float, default=10.0)
