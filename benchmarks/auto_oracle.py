@@ -33,7 +33,7 @@ from common import CIFAR, RESULTS, RunCache, markdown_table
 
 CACHE = RESULTS / "auto_oracle"
 STEPS = CACHE / "steps"        # each finished search's step log: how it decided, read by the gap table
-SEARCHES = ("thesis", "progressive", "verified", "calibrated", "thesis+distill", "progressive+distill",
+SEARCHES = ("thesis", "progressive", "verified", "calibrated", "thesis+distill", "progressive+distill", "calibrated+distill",
             "verified+distill")
 
 
@@ -65,7 +65,7 @@ def run_oracle(model, splits, name, args, cache, seed):
     base_val = evaluate(model, splits, "val")["top1"]
     for i in range(19, 0, -1):                         # mild to hard: a stopped grid has its relevant end
         cr = round(i * 0.05, 2)
-        if cr < args.min_cr:
+        if not args.min_cr <= cr <= args.max_cr:
             continue
         key = f"oracle|cr {cr:.2f}|seed {seed}"
         if key in cache.runs:
@@ -241,6 +241,8 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--min-cr", type=float, default=0.0,
                     help="oracle grid starts here (a CPU budget: points far beyond the budget are skipped)")
+    ap.add_argument("--max-cr", type=float, default=1.0,
+                    help="oracle grid ends here (one grid split over processes side by side)")
     ap.add_argument("--distill", action="store_true", help="searches distil from the original (steps and final)")
     args = ap.parse_args()
     if args.render:

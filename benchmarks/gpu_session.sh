@@ -13,8 +13,10 @@
 #  4. (part "thesis", issue 13) tables 3-3, 3-4 and 4-1 on vgg16@0.5 with 5-epoch fine-tunes, 2 seeds
 #     (about 200 epochs: resumable from its cache, results/pruning/ablations_recovery.json, over calls).
 #  5. (part "rows") independent result rows side by side, one process each in its own copy of
-#     benchmarks/ (MPS on when the machine has it): by default table 8's seeds 1 and 2 on both interim
-#     bases; ROWS="name|script args" lines pick others. Unpack $OUT/rows.tar.gz here and run
+#     benchmarks/ (MPS on when the machine has it): by default table 8's calibrated and verified searches
+#     (--distill) on both interim bases, seeds 0-1, vgg16@0.5's grid for seed 1 (split in two), and a
+#     160-epoch resnet20 base (resumable: its state comes back under rows/runs); ROWS="name|script args"
+#     lines pick others. Unpack $OUT/rows.tar.gz here and run
 #     `python benchmarks/merge_rows.py <dir>/rows` to fold them into results/.
 # PARTS picks what runs (default "cuda ablation"; "cuda rows" for the next session's rows).
 # Leaves $OUT/summary.txt and $OUT/res.tar.gz (logs, each run's JSON, the base run's model or state).
@@ -105,14 +107,19 @@ load_data('cifar10:' + os.environ['CONVSLIM_CIFAR'], val_fraction=0.1, seed=0)" 
     ( cd "/tmp/rows/$name" && CONVSLIM_CIFAR="$DATA_TAR" timeout "$(left)" "$PY" $args > "$R/row-$name.log" 2>&1
       echo "rc=$?" >> "$R/row-$name.log"; log "row $name done: $(tail -1 "$R/row-$name.log")" ) &
   done <<ROWS
-${ROWS:-v-grid12|$O --model $V --seeds 1,2 --min-cr 0.7 --searches=
-r-grid12|$O --model $N --seeds 1,2 --min-cr 0.8 --searches=
-v-prog1|$O --model $V --seeds 1 --min-cr 1 --searches progressive
-v-prog2|$O --model $V --seeds 2 --min-cr 1 --searches progressive
-v-kd1|$O --model $V --seeds 1 --min-cr 1 --searches progressive --distill
-v-kd2|$O --model $V --seeds 2 --min-cr 1 --searches progressive --distill
-r-prog12|$O --model $N --seeds 1,2 --min-cr 1 --searches progressive
-r-kd12|$O --model $N --seeds 1,2 --min-cr 1 --searches progressive --distill}
+${ROWS:-v-grid1a|$O --model $V --seeds 1 --min-cr 0.85 --searches=
+v-grid1b|$O --model $V --seeds 1 --min-cr 0.7 --max-cr 0.8 --searches=
+v-calkd0|$O --model $V --seeds 0 --min-cr 1 --searches calibrated --distill --probe-epochs 0.2
+v-calkd1|$O --model $V --seeds 1 --min-cr 1 --searches calibrated --distill --probe-epochs 0.2
+r-calkd0|$O --model $N --seeds 0 --min-cr 1 --searches calibrated --distill --probe-epochs 0.2
+r-calkd1|$O --model $N --seeds 1 --min-cr 1 --searches calibrated --distill --probe-epochs 0.2
+v-cal0|$O --model $V --seeds 0 --min-cr 1 --searches calibrated --probe-epochs 0.2
+r-cal0|$O --model $N --seeds 0 --min-cr 1 --searches calibrated --probe-epochs 0.2
+v-verkd0|$O --model $V --seeds 0 --min-cr 1 --searches verified --distill
+v-verkd1|$O --model $V --seeds 1 --min-cr 1 --searches verified --distill
+r-verkd0|$O --model $N --seeds 0 --min-cr 1 --searches verified --distill
+r-verkd1|$O --model $N --seeds 1 --min-cr 1 --searches verified --distill
+r20-160|-m convslim train --model resnet20 --data cifar10:$DATA_TAR --epochs 160 --schedule cosine --lr 0.1 --label-smoothing 0.1 --seed 0 --quiet --device $DEVICE --resume --out /tmp/rows/runs/r20-160.pt --json /tmp/rows/runs/r20-160.json}
 ROWS
 fi
 has ablation || { while [ "$(jobs -rp | grep -vx "$SMI" | wc -l)" -gt 0 ] && [ "$(left)" -gt 1 ]; do sleep 5; done; }

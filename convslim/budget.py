@@ -272,26 +272,42 @@ def thesis_search(probe, candidate, task, cfg, log, key, base_val, done, say):
     return best
 
 
-def calibrated_search(probe, candidate, task, cfg, log, key, base_val, done, say):
-    """Bisection on probe readings corrected by a gap measured on the way (issue 12).
+RATIO_FLOOR = 0.25     # calibrated: a probe may read at most 1/RATIO_FLOOR budgets down before a verification says more
 
-    A short probe reads several points below where the same candidate ends after its final
-    fine-tune, so the thesis's rule stops early. Here: bisect with the threshold base - budget - gap
-    (gap 0 at first); fine-tune the most compressed kept candidate for `verify_epochs` and score it
-    (a verification); if it is within budget it is the answer so far, and its gap (verified score
-    minus probe reading) becomes the new correction, so the next bisection, reusing every reading
-    already made, reaches further (when no reading passes at first, the mildest candidate read is
-    verified, to learn the gap). It stops when a verification fails the budget, when the gap stops
-    growing, or when one more verification would make the search cost more epochs than the final
-    fine-tune. The answer is the last verified candidate, with its verification fine-tune kept."""
+
+def damage_ratio(base_val, probe_val, verified_val):
+    """What share of a probe's damage is left after a longer fine-tune: (base - verified) / (base - probe),
+    clipped to [RATIO_FLOOR, 1]; None when the probe read no damage (nothing to scale)."""
+    probe_damage = base_val - probe_val
+    if probe_damage <= 0:
+        return None
+    return min(max((base_val - verified_val) / probe_damage, RATIO_FLOOR), 1.0)
+
+
+def calibrated_search(probe, candidate, task, cfg, log, key, base_val, done, say):
+    """Bisection on probe readings whose damage is scaled by a recovery ratio measured on the way (issue 12).
+
+    A short probe overstates the damage the final fine-tune leaves, and the more so the harder the cut
+    (vgg16@0.5: a 5-epoch fine-tune left 0.96 of a 0.6-point probe damage and 0.43 of a 4.9-point one;
+    RESULTS.md table 8), so one additive gap cannot correct it. Here a probe passes when
+    ratio * (base - reading) <= budget (ratio 1 at first: the thesis's rule). The most compressed
+    passing candidate is fine-tuned for `verify_epochs` and scored (a verification); if it is within
+    budget it is the answer so far, and its own ratio (damage left after the verification over its
+    probe's damage, `damage_ratio`) becomes the correction, so the next bisection, reusing every
+    reading already made, reaches further. Both errors of the ratio are on the safe side: it was
+    measured on a milder cut than the next one, and after a fine-tune shorter than the final one. When
+    no reading passes at first, the mildest candidate read is verified, to learn the ratio. It stops when
+    a verification fails the budget, when the ratio stops falling (above its floor), or when one more verification would
+    make the search cost more epochs than the final fine-tune. The answer is the last verified candidate,
+    with its verification fine-tune kept."""
     verify_epochs = cfg.verify_epochs if cfg.verify_epochs is not None else max(cfg.final_epochs / 4, cfg.probe_epochs)
-    gap, best = 0.0, None
+    ratio, best = 1.0, None
 
     def spent():
         return sum(r.get("epochs", cfg.probe_epochs) for r in log.probes)
 
     while True:
-        threshold = base_val - cfg.max_acc_loss - gap
+        threshold = base_val - cfg.max_acc_loss / ratio
         lo, hi = 0.0, 1.0
         while hi - lo > cfg.min_interval + 1e-12:
             value = (lo + hi) / 2
@@ -301,7 +317,7 @@ def calibrated_search(probe, candidate, task, cfg, log, key, base_val, done, say
             if "decision" not in rec:
                 _keep(log, rec, None, key, "read", say)
             lo, hi = (lo, value) if rec["val_acc"] >= threshold else (value, hi)
-        if hi >= 1.0:       # nothing kept yet: learn the gap at the mildest candidate read so far
+        if hi >= 1.0:       # nothing passes yet: learn the ratio at the mildest candidate read so far
             read = [v for kind, v in done if kind == "probe"]
             if not read:
                 break
@@ -319,17 +335,17 @@ def calibrated_search(probe, candidate, task, cfg, log, key, base_val, done, say
             reading = done[("probe", hi)]
             v = {"probe": len(log.probes) + 1, "kind": "verify", key: hi, "flops": reading["flops"],
                  "params": reading["params"], "val_acc": score, "probe_val": reading["val_acc"],
-                 "gap": score - reading["val_acc"], "epochs": verify_epochs, "threshold": threshold,
-                 "seconds": time.perf_counter() - t0}
+                 "ratio": damage_ratio(base_val, reading["val_acc"], score), "epochs": verify_epochs,
+                 "threshold": threshold, "seconds": time.perf_counter() - t0}
             done[("verify", hi)] = v
             _keep(log, v, cand, key, "keep" if score + cfg.max_acc_loss >= base_val else "reject", say)
             if v["decision"] == "keep":
                 best = {**v, "_model": cand, "_fresh": True}
         elif v["decision"] == "keep":
             best = v
-        if v["decision"] != "keep" or v["gap"] <= gap + 1e-9:
-            break
-        gap = v["gap"]
+        if v["decision"] != "keep" or v.get("ratio") is None or RATIO_FLOOR < v["ratio"] >= ratio - 1e-9:
+            break                                              # (at the floor the next bisection may still reach further)
+        ratio = v["ratio"]
     return best
 
 

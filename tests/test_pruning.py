@@ -10,6 +10,7 @@ from torch import nn
 
 import convslim
 from conftest import on
+from convslim.budget import damage_ratio
 from convslim.checkpoint import Record, attach
 from convslim.cli import main
 from convslim.data import Splits
@@ -251,7 +252,8 @@ def test_target_flops_gives_the_least_pruned_model_under_it(digits, tmp_path, ca
 
 def test_calibrated_search_verifies_and_stays_within_the_epoch_budget(digits, tmp_path):
     model = copy.deepcopy(trained_model(digits))
-    cfg = convslim.SearchConfig(max_acc_loss=2.0, min_interval=0.125, probe_epochs=0.25, final_epochs=2,
+    budget = 4.0
+    cfg = convslim.SearchConfig(max_acc_loss=budget, min_interval=0.0625, probe_epochs=0.25, final_epochs=3,
                                 batch_size=64, device="cpu", search="calibrated", verify_epochs=0.5)
     log = tmp_path / "cal.json"
     best, summary = convslim.auto_prune(model, digits, cfg, log_path=log, progress=False)
@@ -261,8 +263,16 @@ def test_calibrated_search_verifies_and_stays_within_the_epoch_budget(digits, tm
     kept = [r for r in verified if r["decision"] == "keep"]
     if kept:
         assert summary["chosen_cr"] == min(r["cr"] for r in kept)
-        assert all(r["val_acc"] + 2.0 >= summary["base_val_acc"] for r in kept)
+        assert all(r["val_acc"] + budget >= summary["base_val_acc"] for r in kept)
     assert summary["search_epochs"] <= cfg.final_epochs
+    base = summary["base_val_acc"]
+    assert len(verified) == 2
+    assert verified[0]["threshold"] == pytest.approx(base - budget)          # the thesis's rule before any ratio
+    for earlier, later in zip(verified, verified[1:]):                    # then probe damage scaled by the ratio
+        assert earlier["ratio"] == damage_ratio(base, earlier["probe_val"], earlier["val_acc"]) < 1
+        assert later["threshold"] == pytest.approx(base - budget / earlier["ratio"])
+        assert later["threshold"] < earlier["threshold"]
+        assert later["cr"] < earlier["cr"]                                # so it reaches a harder cut
     again, summary2 = convslim.auto_prune(model, digits, cfg, log_path=log, progress=False)   # resumes: no new work
     assert summary2["chosen_cr"] == summary["chosen_cr"] and len(json.loads(log.read_text())["probes"]) == len(records)
 

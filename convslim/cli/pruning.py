@@ -217,8 +217,8 @@ def register(sub):
     p.add_argument("--teacher", help="saved model to distil from in every fine-tune (implies distillation)")
     p.add_argument("--log", help="search log (default OUT.search.json); an existing one is resumed")
     p.add_argument("--search", choices=SEARCHES, default=DEFAULT_SEARCH,
-                   help="thesis: bisection on probe readings; calibrated: readings corrected by a gap measured "
-                        "with verification fine-tunes; progressive: compounding steps, paired costs summed; "
+                   help="thesis: bisection on probe readings; calibrated: probe damage scaled by a recovery "
+                        "ratio measured with verification fine-tunes; progressive: compounding steps, paired costs summed; "
                         "verified: compounding steps judged one by one, then one verification fine-tune "
                         "(see README)")
     goal = p.add_mutually_exclusive_group()
