@@ -274,6 +274,7 @@ def thesis_search(probe, candidate, task, cfg, log, key, base_val, done, say):
 
 
 RATIO_FLOOR = 0.25     # calibrated: a probe may read at most 1/RATIO_FLOOR budgets down before a verification says more
+RATIO_PRIOR = 0.5      # calibrated: the first verification lands where a probe read about twice the budget
 
 
 def final_damage(probe_damage, probe_epochs, verify_damage, verify_epochs, final_epochs):
@@ -298,19 +299,20 @@ def calibrated_search(probe, candidate, task, cfg, log, key, base_val, done, say
     A short probe overstates the damage the final fine-tune leaves, the more so the harder the cut
     (vgg16@0.5: a 5-epoch fine-tune left 0.96 of a 0.6-point probe damage and 0.43 of a 4.9-point one;
     RESULTS.md table 8), so neither the probe's reading nor one additive gap says where to stop. Here a
-    probe passes when ratio * (base - reading) <= budget (ratio 1 at first: the thesis's rule). The most
-    compressed passing candidate is fine-tuned for `verify_epochs` and read again (a verification);
-    its two readings give its damage after the final fine-tune (`final_damage`, a power law in the
-    epochs), and it is kept when that is within budget. A kept one is the answer so far, and its
-    ratio of predicted final damage to probe damage (at least RATIO_FLOOR) becomes the correction, so
-    the next bisection, reusing every reading already made, reaches further. A ratio measured on a
-    milder cut than the next errs on the safe side: the harder the cut, the more of its probe damage
-    the fine-tune repairs. When no reading passes at first, the mildest candidate read is verified, to
-    learn the ratio. It stops when a verification fails, when the ratio stops falling (above its floor),
-    or when one more verification would make the search cost more epochs than the final fine-tune.
-    The answer is the last kept candidate, with its verification fine-tune kept."""
+    probe passes when ratio * (base - reading) <= budget, and the most compressed passing candidate is
+    fine-tuned for `verify_epochs` and read again (a verification). Its two readings give its damage
+    after the final fine-tune (`final_damage`, a power law in the epochs), and it is kept when that is
+    within budget; the last kept one is the answer. Every verification, kept or not, sets the ratio to
+    its predicted final damage over its probe damage (within [RATIO_FLOOR, 1]), and the next bisection,
+    reusing every reading made, moves to a harder cut after a kept one and a milder one after a failed
+    one. The first ratio is RATIO_PRIOR, so the first verification lands where a probe read about twice
+    the budget: there a reading falls measurably, where a milder one sits in the validation's noise
+    (on digits one image is 0.28 points). When no reading passes at first, the mildest candidate read is
+    verified. It stops when the bisection lands on a candidate already verified or no more compressed
+    than the answer, or when one more verification would make the search cost more epochs than the
+    final fine-tune. The answer keeps its verification fine-tune."""
     verify_epochs = cfg.verify_epochs if cfg.verify_epochs is not None else max(cfg.final_epochs / 4, cfg.probe_epochs)
-    ratio, best = 1.0, None
+    ratio, best, seen = RATIO_PRIOR, None, set()
 
     def spent():
         return sum(r.get("epochs", cfg.probe_epochs) for r in log.probes)
@@ -331,12 +333,13 @@ def calibrated_search(probe, candidate, task, cfg, log, key, base_val, done, say
             if not read:
                 break
             hi = max(read)
-        if best is not None and hi >= best[key]:
-            break                                              # nothing more compressed to try
-        if ("verify", hi) not in done and spent() + verify_epochs > cfg.final_epochs + 1e-9:
-            break                                              # the search may not cost more than the final fine-tune
+        if hi in seen or (best is not None and hi >= best[key]):
+            break                                              # nothing new or more compressed to try
+        seen.add(hi)
         v = done.get(("verify", hi))
         if v is None:
+            if spent() + verify_epochs > cfg.final_epochs + 1e-9:
+                break                                          # the search may not cost more than the final fine-tune
             t0 = time.perf_counter()
             cand = candidate(hi)
             task.tune(cand, verify_epochs)
@@ -356,8 +359,8 @@ def calibrated_search(probe, candidate, task, cfg, log, key, base_val, done, say
                 best = {**v, "_model": cand, "_fresh": True}
         elif v["decision"] == "keep":
             best = v
-        if v["decision"] != "keep" or v.get("ratio") is None or RATIO_FLOOR < v["ratio"] >= ratio - 1e-9:
-            break                                              # (at the floor the next bisection may still reach further)
+        if v.get("ratio") is None:
+            break                                              # the probe read no damage: nothing to learn
         ratio = v["ratio"]
     return best
 

@@ -10,7 +10,7 @@ from torch import nn
 
 import convslim
 from conftest import on
-from convslim.budget import RATIO_FLOOR, final_damage
+from convslim.budget import RATIO_FLOOR, RATIO_PRIOR, final_damage
 from convslim.checkpoint import Record, attach
 from convslim.cli import main
 from convslim.data import Splits
@@ -262,7 +262,7 @@ def test_final_damage_follows_a_power_law_in_the_epochs_and_never_rises():
 
 def test_calibrated_search_verifies_and_stays_within_the_epoch_budget(digits, tmp_path):
     model = copy.deepcopy(trained_model(digits))
-    budget = 4.0
+    budget = 2.0
     cfg = convslim.SearchConfig(max_acc_loss=budget, min_interval=0.0625, probe_epochs=0.25, final_epochs=3,
                                 batch_size=64, device="cpu", search="calibrated", verify_epochs=0.5)
     log = tmp_path / "cal.json"
@@ -279,13 +279,13 @@ def test_calibrated_search_verifies_and_stays_within_the_epoch_budget(digits, tm
     assert kept and summary["chosen_cr"] == min(r["cr"] for r in kept)
     assert summary["search_epochs"] <= cfg.final_epochs
     assert len(verified) >= 2
-    assert verified[0]["threshold"] == pytest.approx(base - budget)          # the thesis's rule before any ratio
-    for earlier, later in zip(verified, verified[1:]):                    # then probe damage scaled by the ratio
-        ratio = max(earlier["predicted_final_damage"] / (base - earlier["probe_val"]), RATIO_FLOOR)
-        assert earlier["ratio"] == pytest.approx(ratio) and ratio < 1
-        assert later["threshold"] == pytest.approx(base - budget / earlier["ratio"])
-        assert later["threshold"] < earlier["threshold"]
-        assert later["cr"] < earlier["cr"]                                # so it reaches a harder cut
+    assert verified[0]["threshold"] == pytest.approx(base - budget / RATIO_PRIOR)
+    for earlier, later in zip(verified, verified[1:]):        # probe damage scaled by the last verification's ratio
+        ratio = min(max(earlier["predicted_final_damage"] / (base - earlier["probe_val"]), RATIO_FLOOR), 1)
+        assert earlier["ratio"] == pytest.approx(ratio)
+        assert later["threshold"] == pytest.approx(base - budget / ratio)
+        # a harder cut after a kept verification, a milder one after a failed one
+        assert (later["cr"] < earlier["cr"]) == (earlier["decision"] == "keep")
     again, summary2 = convslim.auto_prune(model, digits, cfg, log_path=log, progress=False)   # resumes: no new work
     assert summary2["chosen_cr"] == summary["chosen_cr"] and len(json.loads(log.read_text())["probes"]) == len(records)
 
