@@ -24,6 +24,9 @@
 set -u
 START=$(date +%s)
 END=${END:-550}                 # seconds after START when whatever still runs is stopped and packed
+# END must leave the packing (about 10 s) inside both the call's timeout and the session's device budget: the
+# budget also pays for the start and the transfers (2026-11-27: a second call given END=430 with 546 s of
+# budget left was cut at 429 s, before it packed, and its two trainings were lost).
 EPOCHS=${EPOCHS:-30}            # each ablation arm
 BASE_EPOCHS=${BASE_EPOCHS:-100}
 DEVICE=${DEVICE:-cuda}
@@ -103,7 +106,7 @@ load_data('cifar10:' + os.environ['CONVSLIM_CIFAR'], val_fraction=0.1, seed=0)" 
   T="pruning_tables.py ablations --model $V --device $DEVICE --ft-epochs 5 --cache ablations_recovery --tables 3-3,3-4"
   while IFS='|' read -r name args; do
     [ -z "$name" ] && continue
-    mkdir -p /tmp/rows; [ -d "/tmp/rows/$name" ] || cp -r benchmarks "/tmp/rows/$name"   # a second call resumes
+    mkdir -p /tmp/rows/runs; [ -d "/tmp/rows/$name" ] || cp -r benchmarks "/tmp/rows/$name"   # a second call resumes
     ( cd "/tmp/rows/$name" && CONVSLIM_CIFAR="$DATA_TAR" timeout "$(left)" "$PY" $args > "$R/row-$name.log" 2>&1
       echo "rc=$?" >> "$R/row-$name.log"; log "row $name done: $(tail -1 "$R/row-$name.log")" ) &
   done <<ROWS

@@ -41,7 +41,8 @@ class SearchConfig:
     final_epochs: float = 10.0     # fine-tune of the chosen candidate
     lr: float = 0.01               # fine-tuning learning rate (probes and final)
     batch_size: int = 128
-    distill: bool = False          # the search's fine-tunes and the final one learn from the original (KD)
+    distill: bool = None           # the search's fine-tunes and the final one learn from the original (KD);
+                                   # None: the method's own default (auto_prune: on, RESULTS.md table 8; decomposition: off)
     multiple: int = 1              # round channel counts up to a multiple (hardware)
     search: str = None             # thesis | calibrated | progressive | verified (README); None: the method's
                                    # own default (auto_prune: progressive, RESULTS.md table 8; decomposition: thesis)
@@ -135,7 +136,7 @@ def budget_search(model, task, cfg, make, *, key, header, teacher=None, log_path
     (`thesis`: plain bisection on probe readings; `calibrated`: see `calibrated_search`).
     `settings` (the command's resolved options) is kept in the log so the run can be repeated; `hint`
     ends the line printed when nothing is kept (what else the caller offers)."""
-    cfg = replace(cfg.check(), search=cfg.search or "thesis")
+    cfg = replace(cfg.check(), search=cfg.search or "thesis", distill=bool(cfg.distill))
     teacher = search_teacher(model, cfg, teacher)
     task = task_for(task, cfg).distilling(teacher)
     t_start = time.perf_counter()

@@ -264,7 +264,7 @@ def test_calibrated_search_verifies_and_stays_within_the_epoch_budget(digits, tm
     model = copy.deepcopy(trained_model(digits))
     budget = 2.0
     cfg = convslim.SearchConfig(max_acc_loss=budget, min_interval=0.0625, probe_epochs=0.25, final_epochs=3,
-                                batch_size=64, device="cpu", search="calibrated", verify_epochs=0.5)
+                                batch_size=64, device="cpu", search="calibrated", verify_epochs=0.5, distill=False)
     log = tmp_path / "cal.json"
     best, summary = convslim.auto_prune(model, digits, cfg, log_path=log, progress=False)
     records = json.loads(log.read_text())["probes"]
@@ -290,6 +290,28 @@ def test_calibrated_search_verifies_and_stays_within_the_epoch_budget(digits, tm
     assert summary2["chosen_cr"] == summary["chosen_cr"] and len(json.loads(log.read_text())["probes"]) == len(records)
 
 
+def test_auto_distils_from_the_original_unless_told_not_to(digits, tmp_path, capsys):
+    """The pruner's fine-tunes learn from the original by default (RESULTS.md table 8); --no-distill and
+    distill=False turn it off, and the log says which ran."""
+    model = copy.deepcopy(trained_model(digits))
+    cfg = dict(max_acc_loss=5.0, min_interval=0.25, probe_epochs=0, final_epochs=0.1, batch_size=64, device="cpu",
+               search="thesis")
+    for distill, expected in ((None, True), (False, False), (True, True)):
+        log = tmp_path / f"{distill}.json"
+        convslim.auto_prune(model, digits, convslim.SearchConfig(**cfg, distill=distill), log_path=log, progress=False)
+        assert json.loads(log.read_text())["header"]["config"]["distill"] is expected
+    base = tmp_path / "base.pt"
+    convslim.save(model, base)
+    args = ["auto", "--model", str(base), "--data", "digits", "--probe-epochs", "0", "--final-epochs", "0.1",
+            "--min-interval", "0.25", "--search", "thesis", "--max-acc-loss", "5"]
+    assert main(args + ["--out", str(tmp_path / "a.pt")]) == 0
+    assert "distilling from the original" in capsys.readouterr().out
+    assert json.loads((tmp_path / "a.pt.search.json").read_text())["header"]["config"]["distill"] is True
+    assert main(args + ["--no-distill", "--out", str(tmp_path / "b.pt")]) == 0
+    assert "distilling" not in capsys.readouterr().out
+    assert json.loads((tmp_path / "b.pt.search.json").read_text())["header"]["config"]["distill"] is False
+
+
 def test_calibrated_search_never_spends_more_than_the_final_fine_tune(digits):
     """A budget too small for a verification: the readings stop where the epochs run out."""
     model = copy.deepcopy(trained_model(digits))
@@ -306,7 +328,7 @@ def test_a_stop_in_the_final_fine_tune_resumes_to_the_same_model(digits, tmp_pat
 
     model = copy.deepcopy(trained_model(digits))
     cfg = convslim.SearchConfig(max_acc_loss=60.0, min_interval=0.25, probe_epochs=0, final_epochs=2, lr=0.02,
-                                batch_size=64, device="cpu", search="thesis")
+                                batch_size=64, device="cpu", search="thesis", distill=False)
     straight, summary = convslim.auto_prune(model, digits, cfg, log_path=tmp_path / "a.json", progress=False)
     assert summary["pruned"] and summary["final_epochs"] == 2
     assert not (tmp_path / "a.json.final-state.pt").exists()          # removed once finished
@@ -414,7 +436,7 @@ def test_the_default_search_is_progressive_and_step_reports_render(digits, tmp_p
                  "--final-epochs", "1", "--batch-size", "64", "--out", str(out), "--report", str(report),
                  *(["--search", search] if search else [])]) == 0
     text = capsys.readouterr().out
-    assert f"({search or 'progressive'} search)" in text and out.exists()
+    assert f"({search or 'progressive'} search, distilling from the original)" in text and out.exists()
     log = json.loads((tmp_path / "v.pt.search.json").read_text())
     assert log["header"]["search"] == (search or "progressive")
     page = (report / "report.md").read_text()

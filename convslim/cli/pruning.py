@@ -6,7 +6,7 @@ from pathlib import Path
 from ..budget import SEARCHES, SearchConfig
 from ..checkpoint import save
 from ..errors import ConvslimError
-from ..pruning.auto import DEFAULT_SEARCH
+from ..pruning.auto import DEFAULT_DISTILL, DEFAULT_SEARCH
 from ..pruning.criteria import CRITERIA, PermutationOptions
 from ..pruning.importance import ESTIMATORS, MEASURES, PERMS
 from .common import (add_data_args, add_model_args, fraction, non_negative, open_model_and_data, open_teacher,
@@ -132,8 +132,9 @@ def cmd_auto(args):
         how = (f"steps that each remove a share of the current FLOPs, {cfg.probe_epochs:g} epochs each, at most "
                f"{cfg.final_epochs:g} epochs in all" if cfg.search in ("progressive", "verified") else
                f"cr in [0, 1] to within {cfg.min_interval}")
-        print(f"searching {how} ({cfg.search} search), budget {cfg.max_acc_loss} points on the validation split; "
-              f"log {log}")
+        distils = args.teacher or (DEFAULT_DISTILL if cfg.distill is None else cfg.distill)
+        print(f"searching {how} ({cfg.search} search{', distilling from the ' + ('teacher' if args.teacher else 'original') if distils else ''}), "
+              f"budget {cfg.max_acc_loss} points on the validation split; log {log}")
     print(f"scoring channel importance ({args.criterion}) on {args.calib_batches} training batches", flush=True)
     imp = channel_importance(model, splits, criterion=args.criterion, calib_batches=args.calib_batches,
                              options=options_from(args), seed=args.seed, ignored_layers=args.ignore)
@@ -212,8 +213,9 @@ def register(sub):
     p.add_argument("--final-epochs", type=non_negative, default=10.0, help="fine-tune of the chosen model")
     p.add_argument("--lr", type=positive, default=0.01, help="fine-tuning learning rate")
     p.add_argument("--batch-size", type=positive_int, default=128)
-    p.add_argument("--distill", action="store_true",
-                   help="the search's fine-tunes and the final one distil from the original model")
+    p.add_argument("--distill", action=argparse.BooleanOptionalAction, default=None,
+                   help="the search's fine-tunes and the final one distil from the original model (default on "
+                        "for auto: more compression within budget on every model in RESULTS.md table 8)")
     p.add_argument("--teacher", help="saved model to distil from in every fine-tune (implies distillation)")
     p.add_argument("--log", help="search log (default OUT.search.json); an existing one is resumed")
     p.add_argument("--search", choices=SEARCHES, default=DEFAULT_SEARCH,
