@@ -13,9 +13,12 @@
 #  4. (part "thesis", issue 13) tables 3-3, 3-4 and 4-1 on vgg16@0.5 with 5-epoch fine-tunes, 2 seeds
 #     (about 200 epochs: resumable from its cache, results/pruning/ablations_recovery.json, over calls).
 #  5. (part "rows") independent result rows side by side, one process each in its own copy of
-#     benchmarks/ (MPS on when the machine has it): by default table 8's calibrated and verified searches
-#     (--distill) on both interim bases, seeds 0-1, vgg16@0.5's grid for seed 1 (split in two), and a
-#     160-epoch resnet20 base (resumable: its state comes back under rows/runs); ROWS="name|script args"
+#     benchmarks/ (MPS on when the machine has it): by default table 8's calibrated search (--distill,
+#     0.2-epoch probes) on both interim bases for seeds 1-2, progressive and verified --distill and the
+#     oracle grids for seed 2, and a 200-epoch resnet20 base for issue 13 (resumable: its state comes back
+#     under rows/runs; keep it in .gpu/runs/, carried, and the next call continues it. vgg16@0.5's state,
+#     about 30 MB with the optimizer's, is over what one file from $OUT may weigh, 16 MiB);
+#     ROWS="name|script args"
 #     lines pick others. Unpack $OUT/rows.tar.gz here and run
 #     `python benchmarks/merge_rows.py <dir>/rows` to fold them into results/.
 # PARTS picks what runs (default "cuda ablation"; "cuda rows" for the next session's rows).
@@ -104,25 +107,23 @@ load_data('cifar10:' + os.environ['CONVSLIM_CIFAR'], val_fraction=0.1, seed=0)" 
   V=$PWD/.gpu/vgg16w05-cifar10-45ep.pt; N=$PWD/.gpu/resnet20-cifar10-70ep.pt
   O="auto_oracle.py --device $DEVICE --final-epochs 5 --probe-epochs 0.5 --batch-size 128"
   T="pruning_tables.py ablations --model $V --device $DEVICE --ft-epochs 5 --cache ablations_recovery --tables 3-3,3-4"
+  mkdir -p /tmp/rows/runs; cp -n .gpu/runs/* /tmp/rows/runs/ 2>/dev/null   # trainings carried from an earlier call resume
   while IFS='|' read -r name args; do
     [ -z "$name" ] && continue
     mkdir -p /tmp/rows/runs; [ -d "/tmp/rows/$name" ] || cp -r benchmarks "/tmp/rows/$name"   # a second call resumes
     ( cd "/tmp/rows/$name" && CONVSLIM_CIFAR="$DATA_TAR" timeout "$(left)" "$PY" $args > "$R/row-$name.log" 2>&1
       echo "rc=$?" >> "$R/row-$name.log"; log "row $name done: $(tail -1 "$R/row-$name.log")" ) &
   done <<ROWS
-${ROWS:-v-grid1a|$O --model $V --seeds 1 --min-cr 0.85 --searches=
-v-grid1b|$O --model $V --seeds 1 --min-cr 0.7 --max-cr 0.8 --searches=
-v-calkd0|$O --model $V --seeds 0 --min-cr 1 --searches calibrated --distill --probe-epochs 0.2
-v-calkd1|$O --model $V --seeds 1 --min-cr 1 --searches calibrated --distill --probe-epochs 0.2
-r-calkd0|$O --model $N --seeds 0 --min-cr 1 --searches calibrated --distill --probe-epochs 0.2
+${ROWS:-v-calkd1|$O --model $V --seeds 1 --min-cr 1 --searches calibrated --distill --probe-epochs 0.2
+v-calkd2|$O --model $V --seeds 2 --min-cr 1 --searches calibrated --distill --probe-epochs 0.2
 r-calkd1|$O --model $N --seeds 1 --min-cr 1 --searches calibrated --distill --probe-epochs 0.2
-v-cal0|$O --model $V --seeds 0 --min-cr 1 --searches calibrated --probe-epochs 0.2
-r-cal0|$O --model $N --seeds 0 --min-cr 1 --searches calibrated --probe-epochs 0.2
-v-verkd0|$O --model $V --seeds 0 --min-cr 1 --searches verified --distill
-v-verkd1|$O --model $V --seeds 1 --min-cr 1 --searches verified --distill
-r-verkd0|$O --model $N --seeds 0 --min-cr 1 --searches verified --distill
-r-verkd1|$O --model $N --seeds 1 --min-cr 1 --searches verified --distill
-r20-160|-m convslim train --model resnet20 --data cifar10:$DATA_TAR --epochs 160 --schedule cosine --lr 0.1 --label-smoothing 0.1 --seed 0 --quiet --device $DEVICE --resume --out /tmp/rows/runs/r20-160.pt --json /tmp/rows/runs/r20-160.json}
+r-calkd2|$O --model $N --seeds 2 --min-cr 1 --searches calibrated --distill --probe-epochs 0.2
+v-kd2|$O --model $V --seeds 2 --min-cr 1 --searches progressive,verified --distill
+r-kd2|$O --model $N --seeds 2 --min-cr 1 --searches progressive,verified --distill
+v-grid2a|$O --model $V --seeds 2 --min-cr 0.85 --searches=
+v-grid2b|$O --model $V --seeds 2 --min-cr 0.7 --max-cr 0.8 --searches=
+r-grid2|$O --model $N --seeds 2 --min-cr 0.85 --searches=
+r20-200|-m convslim train --model resnet20 --data cifar10:$DATA_TAR --epochs 200 --schedule cosine --lr 0.1 --label-smoothing 0.1 --seed 0 --quiet --device $DEVICE --resume --out /tmp/rows/runs/r20-200.pt --json /tmp/rows/runs/r20-200.json}
 ROWS
 fi
 has ablation || { while [ "$(jobs -rp | grep -vx "$SMI" | wc -l)" -gt 0 ] && [ "$(left)" -gt 1 ]; do sleep 5; done; }
@@ -182,6 +183,6 @@ cat "$R/summary.txt"; cat "$R/timeline.txt"
 cp "$R/summary.txt" "$R/timeline.txt" "$OUT/" 2>/dev/null
 tail -n 30 "$R/tests.log" > "$OUT/tests_tail.txt" 2>/dev/null
 tar -czf "$OUT/res.tar.gz" -C /tmp res
-has rows && (cd /tmp && { find rows/runs -type f -size -5M; ls rows/*/results/auto_oracle/*.json rows/*/results/pruning/ablations_recovery.json; } \
+has rows && (cd /tmp && { find rows/runs -type f -size -5M; ls rows/runs/*.state.pt; ls rows/*/results/auto_oracle/*.json rows/*/results/pruning/ablations_recovery.json; } \
   > /tmp/rows.list 2>/dev/null; tar -czf "$OUT/rows.tar.gz" -T /tmp/rows.list)   # step logs and small candidates: a search resumes
 ls -la "$OUT"
