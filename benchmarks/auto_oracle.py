@@ -245,6 +245,8 @@ def main():
                     help="oracle grid ends here (one grid split over processes side by side)")
     ap.add_argument("--distill", action="store_true", help="searches distil from the original (steps and final)")
     args = ap.parse_args()
+    if args.min_cr > args.max_cr:
+        ap.error(f"--min-cr {args.min_cr:g} is above --max-cr {args.max_cr:g}: the grid would be empty")
     if args.render:
         return render()
     model, splits, name = base_model(args.model, args)

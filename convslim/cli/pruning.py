@@ -6,7 +6,7 @@ from pathlib import Path
 from ..budget import SEARCHES, SearchConfig
 from ..checkpoint import save
 from ..errors import ConvslimError
-from ..pruning.auto import DEFAULT_DISTILL, DEFAULT_SEARCH
+from ..pruning.auto import DEFAULT_SEARCH, distils
 from ..pruning.criteria import CRITERIA, PermutationOptions
 from ..pruning.importance import ESTIMATORS, MEASURES, PERMS
 from .common import (add_data_args, add_model_args, fraction, non_negative, open_model_and_data, open_teacher,
@@ -132,8 +132,8 @@ def cmd_auto(args):
         how = (f"steps that each remove a share of the current FLOPs, {cfg.probe_epochs:g} epochs each, at most "
                f"{cfg.final_epochs:g} epochs in all" if cfg.search in ("progressive", "verified") else
                f"cr in [0, 1] to within {cfg.min_interval}")
-        distils = args.teacher or (DEFAULT_DISTILL if cfg.distill is None else cfg.distill)
-        print(f"searching {how} ({cfg.search} search{', distilling from the ' + ('teacher' if args.teacher else 'original') if distils else ''}), "
+        source = "teacher" if args.teacher else "original" if distils(cfg) else None
+        print(f"searching {how} ({cfg.search} search{f', distilling from the {source}' if source else ''}), "
               f"budget {cfg.max_acc_loss} points on the validation split; log {log}")
     print(f"scoring channel importance ({args.criterion}) on {args.calib_batches} training batches", flush=True)
     imp = channel_importance(model, splits, criterion=args.criterion, calib_batches=args.calib_batches,
@@ -219,8 +219,8 @@ def register(sub):
     p.add_argument("--teacher", help="saved model to distil from in every fine-tune (implies distillation)")
     p.add_argument("--log", help="search log (default OUT.search.json); an existing one is resumed")
     p.add_argument("--search", choices=SEARCHES, default=DEFAULT_SEARCH,
-                   help="thesis: bisection on probe readings; calibrated: probe damage scaled by a recovery "
-                        "ratio measured with verification fine-tunes; progressive: compounding steps, paired costs summed; "
+                   help="thesis: bisection on probe readings; calibrated: bisection judged by the damage "
+                        "predicted after the final fine-tune from probe and verification readings; progressive: compounding steps, paired costs summed; "
                         "verified: compounding steps judged one by one, then one verification fine-tune "
                         "(see README)")
     goal = p.add_mutually_exclusive_group()

@@ -23,6 +23,11 @@ DEFAULT_SEARCH = "progressive"
 DEFAULT_DISTILL = True
 
 
+def distils(cfg):
+    """Whether auto_prune's fine-tunes learn from the original under `cfg` (None: DEFAULT_DISTILL)."""
+    return DEFAULT_DISTILL if cfg.distill is None else cfg.distill
+
+
 def auto_prune(model, data=None, cfg=None, *, example_input=None, evaluate=None, finetune=None, batches=None,
                test=None, criterion="permutation", options=None, calib_batches=4, importance=None, teacher=None,
                ignored_layers=(), target=None, latency=None, log_path=None, settings=None, model_id="",
@@ -45,7 +50,7 @@ def auto_prune(model, data=None, cfg=None, *, example_input=None, evaluate=None,
     """
     cfg = (cfg or SearchConfig()).check()
     cfg = dataclasses.replace(cfg, search=cfg.search or DEFAULT_SEARCH,
-                              distill=DEFAULT_DISTILL if cfg.distill is None else cfg.distill)
+                              distill=distils(cfg))
     task = task_for(data, cfg, progress, evaluate=evaluate, finetune=finetune, batches=batches, test=test)
     ensure_record(model, example_input, task.batches if example_input is None else None)
     model = on_search_device(model, data, cfg).eval()
