@@ -274,8 +274,8 @@ def thesis_search(probe, candidate, task, cfg, log, key, base_val, done, say):
     return best
 
 
-RATIO_FLOOR = 0.25     # calibrated: a probe may read at most 1/RATIO_FLOOR budgets down before a verification says more
 RATIO_PRIOR = 0.5      # calibrated: the first verification lands where a probe read about twice the budget
+RATIO_STEP = 0.5       # calibrated: one verification may at most halve the ratio (a probe may then read twice as far down)
 
 
 def final_damage(probe_damage, probe_epochs, verify_damage, verify_epochs, final_epochs):
@@ -305,14 +305,16 @@ def calibrated_search(probe, candidate, task, cfg, log, key, base_val, done, say
     fine-tuned for `verify_epochs` and read again (a verification). Its two readings give its damage
     after the final fine-tune (`final_damage`, a power law in the epochs), and it is kept when that is
     within budget; the last kept one is the answer. Every verification, kept or not, sets the ratio to
-    its predicted final damage over its probe damage (within [RATIO_FLOOR, 1]), and the next bisection,
-    reusing every reading made, moves to a harder cut after a kept one and a milder one after a failed
-    one. The first ratio is RATIO_PRIOR, so the first verification lands where a probe read about twice
+    its predicted final damage over its probe damage (at most 1, and at least RATIO_STEP of the ratio
+    before: how far down a probe may read grows step by step, as the verifications bear it out), and
+    the next bisection, reusing every reading made, moves to a harder cut after a kept one and a milder
+    one after a failed one. The first ratio is RATIO_PRIOR, so the first verification lands where a probe read about twice
     the budget: there a reading falls measurably, where a milder one sits in the validation's noise
     (on digits one image is 0.28 points). When no reading passes at first, the mildest candidate read is
     verified. It stops when the bisection lands on a candidate already verified or no more compressed
     than the answer, or when one more verification would make the search cost more epochs than the
-    final fine-tune. The answer keeps its verification fine-tune."""
+    final fine-tune; a probe is only read while a verification can still follow it. The answer keeps
+    its verification fine-tune."""
     verify_epochs = cfg.verify_epochs if cfg.verify_epochs is not None else max(cfg.final_epochs / 4, cfg.probe_epochs)
     ratio, best, seen = RATIO_PRIOR, None, set()
 
@@ -324,8 +326,8 @@ def calibrated_search(probe, candidate, task, cfg, log, key, base_val, done, say
         lo, hi = 0.0, 1.0
         while hi - lo > cfg.min_interval + 1e-12:
             value = (lo + hi) / 2
-            if ("probe", value) not in done and spent() + cfg.probe_epochs > cfg.final_epochs + 1e-9:
-                break                                          # no epochs left for another reading
+            if ("probe", value) not in done and spent() + cfg.probe_epochs + verify_epochs > cfg.final_epochs + 1e-9:
+                break                                          # no epochs left for a reading and its verification
             rec = probe(value)
             if "decision" not in rec:
                 _keep(log, rec, None, key, "read", say)
@@ -353,7 +355,7 @@ def calibrated_search(probe, candidate, task, cfg, log, key, base_val, done, say
             v = {"probe": len(log.probes) + 1, "kind": "verify", key: hi, "flops": reading["flops"],
                  "params": reading["params"], "val_acc": score, "probe_val": reading["val_acc"],
                  "predicted_final_damage": predicted, "exponent": b,
-                 "ratio": min(max(predicted / probe_damage, RATIO_FLOOR), 1.0) if probe_damage > 0 else None,
+                 "ratio": min(max(predicted / probe_damage, RATIO_STEP * ratio), 1.0) if probe_damage > 0 else None,
                  "epochs": verify_epochs, "threshold": threshold, "seconds": time.perf_counter() - t0}
             done[("verify", hi)] = v
             _keep(log, v, cand, key, "keep" if predicted <= cfg.max_acc_loss else "reject", say)

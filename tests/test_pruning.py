@@ -10,7 +10,7 @@ from torch import nn
 
 import convslim
 from conftest import on
-from convslim.budget import RATIO_FLOOR, RATIO_PRIOR, final_damage
+from convslim.budget import RATIO_PRIOR, RATIO_STEP, final_damage
 from convslim.checkpoint import Record, attach
 from convslim.cli import main
 from convslim.data import Splits
@@ -280,8 +280,9 @@ def test_calibrated_search_verifies_and_stays_within_the_epoch_budget(digits, tm
     assert summary["search_epochs"] <= cfg.final_epochs
     assert len(verified) >= 2
     assert verified[0]["threshold"] == pytest.approx(base - budget / RATIO_PRIOR)
+    ratio = RATIO_PRIOR
     for earlier, later in zip(verified, verified[1:]):        # probe damage scaled by the last verification's ratio
-        ratio = min(max(earlier["predicted_final_damage"] / (base - earlier["probe_val"]), RATIO_FLOOR), 1)
+        ratio = min(max(earlier["predicted_final_damage"] / (base - earlier["probe_val"]), RATIO_STEP * ratio), 1)
         assert earlier["ratio"] == pytest.approx(ratio)
         assert later["threshold"] == pytest.approx(base - budget / ratio)
         # a harder cut after a kept verification, a milder one after a failed one
