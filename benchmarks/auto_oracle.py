@@ -84,12 +84,13 @@ def run_oracle(model, splits, name, args, cache, seed):
 
 
 def run_search(model, splits, name, args, cache, search, seed):
-    key = f"{search}{'+distill' if args.distill else ''}|probe {args.probe_epochs:g}|seed {seed}"
+    verify = f"|verify {args.verify_epochs:g}" if args.verify_epochs is not None and search == "calibrated" else ""
+    key = f"{search}{'+distill' if args.distill else ''}|probe {args.probe_epochs:g}{verify}|seed {seed}"
     if key in cache.runs:
         return
     cfg = SearchConfig(max_acc_loss=args.max_acc_loss, probe_epochs=args.probe_epochs, final_epochs=args.final_epochs,
                        lr=args.lr, batch_size=args.batch_size, seed=seed, device=args.device, search=search,
-                       distill=args.distill)
+                       distill=args.distill, verify_epochs=args.verify_epochs)
     t0 = time.perf_counter()
     logs = Path(__file__).resolve().parents[1] / "runs" / "auto_oracle"     # step logs: a stopped search resumes
     logs.mkdir(parents=True, exist_ok=True)
@@ -97,7 +98,8 @@ def run_search(model, splits, name, args, cache, search, seed):
     _, s = convslim.auto_prune(model, splits, cfg, progress=False, log_path=log)
     STEPS.mkdir(parents=True, exist_ok=True)
     write_text_atomic(STEPS / log.name, log.read_text())
-    cache.put(key, {"kind": search + ("+distill" if args.distill else ""), "seed": seed, "probe_epochs": args.probe_epochs, "val": s["final_val_acc"],
+    cache.put(key, {"kind": search + ("+distill" if args.distill else ""), "seed": seed, "probe_epochs": args.probe_epochs,
+                    **({"verify_epochs": args.verify_epochs} if verify else {}), "val": s["final_val_acc"],
                     "base_val": s["base_val_acc"], "test": s["test_acc"], "base_test": s["base_test_acc"],
                     "flops_reduction": s["flops_reduction"], "search_epochs": s["search_epochs"],
                     "final_epochs": s["final_epochs"], "seconds": time.perf_counter() - t0})
@@ -150,11 +152,13 @@ def render():
                          span((100 * r["flops_reduction"] / oracle[r["seed"]]["flops_reduction"] for r in st), "{:.0f}%"),
                          "(same grid)", ""])
         for search in SEARCHES:
-            for probe in sorted({r.get("probe_epochs") for r in runs if r["kind"] == search}):
-                rs = [r for r in runs if r["kind"] == search and r["probe_epochs"] == probe]
+            for probe, verify in sorted({(r.get("probe_epochs"), r.get("verify_epochs", 0)) for r in runs if r["kind"] == search}):
+                rs = [r for r in runs if r["kind"] == search and r["probe_epochs"] == probe
+                      and r.get("verify_epochs", 0) == verify]
                 share = [r["flops_reduction"] / oracle[r["seed"]]["flops_reduction"] for r in rs
                          if r["seed"] in oracle and oracle[r["seed"]]["flops_reduction"] > 0]
-                rows.append([f"auto --search {search.replace('+distill', ' --distill')} (probe {probe:g} epochs)", len(rs),
+                rows.append([f"auto --search {search.replace('+distill', ' --distill')} (probe {probe:g} epochs"
+                             f"{f', verifications {verify:.3g}' if verify else ''})", len(rs),
                              span(r["flops_reduction"] for r in rs), span((r["test"] - r["base_test"] for r in rs), "{:+.2f}"),
                              span((100 * x for x in share), "{:.0f}%") if share else "-",
                              f"{span((r['search_epochs'] for r in rs), '{:g}')} + {rs[0]['final_epochs']:g}",
@@ -244,6 +248,8 @@ def main():
     ap.add_argument("--max-cr", type=float, default=1.0,
                     help="oracle grid ends here (one grid split over processes side by side)")
     ap.add_argument("--distill", action="store_true", help="searches distil from the original (steps and final)")
+    ap.add_argument("--verify-epochs", type=float, default=None,
+                    help="calibrated: fine-tune per verification (default: convslim's, a quarter of the final)")
     args = ap.parse_args()
     if args.min_cr > args.max_cr:
         ap.error(f"--min-cr {args.min_cr:g} is above --max-cr {args.max_cr:g}: the grid would be empty")
