@@ -24,7 +24,7 @@ from pathlib import Path
 
 import convslim
 from convslim.binding import data_for
-from convslim.budget import SearchConfig, flops_params, recover, task_for
+from convslim.budget import PROBE_EPOCHS, SearchConfig, flops_params, recover, task_for
 from convslim.checkpoint import example_input, record_of
 from convslim.fileio import write_text_atomic
 from convslim.metrics import alternating, count, latency
@@ -302,7 +302,7 @@ def main():
             p.add_argument("--tables", type=table_list, default=["3-3", "3-4", "4-1"],
                            help="which of the thesis's tables to run (4-1 alone first on a slow machine)")
         if table == "auto":
-            p.add_argument("--probe-epochs", type=float, default=SearchConfig.probe_epochs)
+            p.add_argument("--probe-epochs", type=float, default=PROBE_EPOCHS)
             p.add_argument("--final-epochs", type=float, default=3.0)
         if table == "speed":
             p.add_argument("--repeats", type=int, default=30)

@@ -36,7 +36,8 @@ SEARCHES = ("thesis", "calibrated", "progressive", "verified")
 class SearchConfig:
     max_acc_loss: float = 1.0      # accepted validation accuracy loss, percentage points
     min_interval: float = 0.01     # stop when the search interval is this narrow
-    probe_epochs: float = 0.5      # fine-tune per probe after BN re-estimation (benchmarks/RESULTS.md)
+    probe_epochs: float = None     # fine-tune per probe after BN re-estimation; None: the search's own
+                                   # (PROBE_EPOCHS, CALIBRATED_PROBE_EPOCHS)
     bn_batches: int = 20           # batches for BatchNorm statistics re-estimation
     final_epochs: float = 10.0     # fine-tune of the chosen candidate
     lr: float = 0.01               # fine-tuning learning rate (probes and final)
@@ -55,7 +56,7 @@ class SearchConfig:
             raise ConvslimError(f"max-acc-loss must be in [0, 100) percentage points, got {self.max_acc_loss}")
         if not (0 < self.min_interval < 1):
             raise ConvslimError(f"min-interval must be in (0, 1), got {self.min_interval}")
-        if self.probe_epochs < 0 or self.final_epochs < 0:
+        if (self.probe_epochs is not None and self.probe_epochs < 0) or self.final_epochs < 0:
             raise ConvslimError("probe and final epochs must be non-negative")
         if self.multiple < 1:
             raise ConvslimError(f"channel multiple must be at least 1, got {self.multiple}")
@@ -72,6 +73,20 @@ class SearchConfig:
     def train_config(self, epochs, progress=False):
         return TrainConfig(epochs=epochs, lr=self.lr, batch_size=self.batch_size, seed=self.seed,
                            device=self.device, progress=progress)
+
+
+PROBE_EPOCHS = 0.5             # a probe's or step's fine-tune when none is given (RESULTS.md tables 6 and 8)
+CALIBRATED_PROBE_EPOCHS = 0.2  # the calibrated search's: it was measured with these (table 8), and a short
+                               # probe leaves epochs for the verifications that judge it
+
+
+def with_defaults(cfg, search, distill):
+    """`cfg` with the fields left None filled in for a method whose own defaults are `search` and
+    `distill` (auto_prune and the decomposition search differ), and the probe length that search uses."""
+    search = cfg.search or search
+    probe = cfg.probe_epochs if cfg.probe_epochs is not None else (
+        CALIBRATED_PROBE_EPOCHS if search == "calibrated" else PROBE_EPOCHS)
+    return replace(cfg, search=search, distill=distill if cfg.distill is None else cfg.distill, probe_epochs=probe)
 
 
 def recover(model, task, cfg, teacher=None):
@@ -136,7 +151,7 @@ def budget_search(model, task, cfg, make, *, key, header, teacher=None, log_path
     (`thesis`: plain bisection on probe readings; `calibrated`: see `calibrated_search`).
     `settings` (the command's resolved options) is kept in the log so the run can be repeated; `hint`
     ends the line printed when nothing is kept (what else the caller offers)."""
-    cfg = replace(cfg.check(), search=cfg.search or "thesis", distill=bool(cfg.distill))
+    cfg = with_defaults(cfg.check(), "thesis", False)
     teacher = search_teacher(model, cfg, teacher)
     task = task_for(task, cfg).distilling(teacher)
     t_start = time.perf_counter()

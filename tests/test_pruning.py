@@ -10,7 +10,7 @@ from torch import nn
 
 import convslim
 from conftest import on
-from convslim.budget import RATIO_PRIOR, RATIO_STEP, final_damage
+from convslim.budget import CALIBRATED_PROBE_EPOCHS, PROBE_EPOCHS, RATIO_PRIOR, RATIO_STEP, final_damage
 from convslim.checkpoint import Record, attach
 from convslim.cli import main
 from convslim.data import Splits
@@ -311,6 +311,21 @@ def test_auto_distils_from_the_original_unless_told_not_to(digits, tmp_path, cap
     assert main(args + ["--no-distill", "--out", str(tmp_path / "b.pt")]) == 0
     assert "distilling" not in capsys.readouterr().out
     assert json.loads((tmp_path / "b.pt.search.json").read_text())["header"]["config"]["distill"] is False
+
+
+def test_each_search_gets_the_probe_length_it_was_measured_with_unless_told(digits, tmp_path):
+    """--probe-epochs left out: 0.2 for the calibrated search (table 8), 0.5 for the others; a given value wins."""
+    from convslim.pruning.auto import auto_defaults
+    model = copy.deepcopy(trained_model(digits))
+    cfg = dict(max_acc_loss=2.0, min_interval=0.25, final_epochs=0.5, verify_epochs=0.2, batch_size=64, device="cpu")
+    for search, given, expected in (("calibrated", None, CALIBRATED_PROBE_EPOCHS), ("calibrated", 0.3, 0.3)):
+        log = tmp_path / f"{search}-{given}.json"
+        convslim.auto_prune(model, digits, convslim.SearchConfig(**cfg, search=search, probe_epochs=given),
+                            log_path=log, progress=False)
+        assert json.loads(log.read_text())["header"]["config"]["probe_epochs"] == expected
+    assert auto_defaults(convslim.SearchConfig(search="thesis")).probe_epochs == PROBE_EPOCHS
+    assert auto_defaults(convslim.SearchConfig(search="progressive")).probe_epochs == PROBE_EPOCHS
+    assert CALIBRATED_PROBE_EPOCHS < PROBE_EPOCHS
 
 
 def test_calibrated_search_never_spends_more_than_the_final_fine_tune(digits):

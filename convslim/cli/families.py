@@ -3,7 +3,7 @@ costs): the families beside channel pruning, each a thin face of its Python API.
 import copy
 from pathlib import Path
 
-from ..budget import SearchConfig
+from ..budget import PROBE_EPOCHS, SearchConfig
 from ..checkpoint import example_input, record_of, save
 from ..errors import ConvslimError
 from ..metrics import count
@@ -303,7 +303,7 @@ def register(sub):
     p.add_argument("--auto", action="store_true", help="search the energy within --max-acc-loss")
     p.add_argument("--max-acc-loss", type=float, default=1.0)
     p.add_argument("--min-interval", type=float, default=0.01)
-    p.add_argument("--probe-epochs", type=non_negative, default=SearchConfig.probe_epochs)
+    p.add_argument("--probe-epochs", type=non_negative, default=None, help=f"fine-tune per probe (default {PROBE_EPOCHS:g})")
     p.add_argument("--final-epochs", type=non_negative, default=10.0)
     p.add_argument("--distill", action="store_true", help="fine-tunes learn from the original (KD)")
     p.add_argument("--log", help="search log (default OUT.search.json); an existing one is resumed")

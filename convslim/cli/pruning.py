@@ -3,10 +3,10 @@ import argparse
 import json
 from pathlib import Path
 
-from ..budget import SEARCHES, SearchConfig
+from ..budget import CALIBRATED_PROBE_EPOCHS, PROBE_EPOCHS, SEARCHES, SearchConfig
 from ..checkpoint import save
 from ..errors import ConvslimError
-from ..pruning.auto import DEFAULT_SEARCH, distils
+from ..pruning.auto import DEFAULT_SEARCH, auto_defaults
 from ..pruning.criteria import CRITERIA, PermutationOptions
 from ..pruning.importance import ESTIMATORS, MEASURES, PERMS
 from .common import (add_data_args, add_model_args, fraction, non_negative, open_model_and_data, open_teacher,
@@ -112,11 +112,11 @@ def cmd_auto(args):
     from ..pruning.prune import channel_importance
     from ..pruning.auto import auto_prune
 
-    cfg = SearchConfig(max_acc_loss=args.max_acc_loss, min_interval=args.min_interval,
-                       probe_epochs=args.probe_epochs, final_epochs=args.final_epochs, lr=args.lr,
-                       batch_size=args.batch_size, distill=args.distill, multiple=args.multiple,
-                       seed=args.seed, device=args.device, search=args.search,
-                       verify_epochs=args.verify_epochs).check()
+    cfg = auto_defaults(SearchConfig(max_acc_loss=args.max_acc_loss, min_interval=args.min_interval,
+                                     probe_epochs=args.probe_epochs, final_epochs=args.final_epochs, lr=args.lr,
+                                     batch_size=args.batch_size, distill=args.distill, multiple=args.multiple,
+                                     seed=args.seed, device=args.device, search=args.search,
+                                     verify_epochs=args.verify_epochs).check())
     out, log = Path(args.out), args.log
     target = (("flops", args.target_flops) if args.target_flops is not None else
               ("params", args.target_params) if args.target_params is not None else
@@ -132,7 +132,7 @@ def cmd_auto(args):
         how = (f"steps that each remove a share of the current FLOPs, {cfg.probe_epochs:g} epochs each, at most "
                f"{cfg.final_epochs:g} epochs in all" if cfg.search in ("progressive", "verified") else
                f"cr in [0, 1] to within {cfg.min_interval}")
-        source = "teacher" if args.teacher else "original" if distils(cfg) else None
+        source = "teacher" if args.teacher else "original" if cfg.distill else None
         print(f"searching {how} ({cfg.search} search{f', distilling from the {source}' if source else ''}), "
               f"budget {cfg.max_acc_loss} points on the validation split; log {log}")
     print(f"scoring channel importance ({args.criterion}) on {args.calib_batches} training batches", flush=True)
@@ -209,7 +209,9 @@ def register(sub):
     add_data_args(p)
     p.add_argument("--max-acc-loss", type=float, default=1.0, help="accepted accuracy loss, percentage points")
     p.add_argument("--min-interval", type=float, default=0.01, help="search resolution on cr")
-    p.add_argument("--probe-epochs", type=non_negative, default=SearchConfig.probe_epochs, help="fine-tune per probe after BN re-estimation")
+    p.add_argument("--probe-epochs", type=non_negative, default=None,
+                   help=f"fine-tune per probe or step after BN re-estimation (default {CALIBRATED_PROBE_EPOCHS:g} for "
+                        f"the calibrated search, {PROBE_EPOCHS:g} for the others)")
     p.add_argument("--final-epochs", type=non_negative, default=10.0, help="fine-tune of the chosen model")
     p.add_argument("--lr", type=positive, default=0.01, help="fine-tuning learning rate")
     p.add_argument("--batch-size", type=positive_int, default=128)

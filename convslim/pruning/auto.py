@@ -3,7 +3,8 @@ contribution rate cr, with channel importance computed once and reused by every 
 import dataclasses
 import time
 
-from ..budget import SearchConfig, budget_search, finish, on_search_device, recover, search_teacher, task_for
+from ..budget import (SearchConfig, budget_search, finish, on_search_device, recover, search_teacher, task_for,
+                      with_defaults)
 from ..checkpoint import ensure_record, example_input, record_of
 from ..errors import ConvslimError
 from ..latency import compare_ms, measure_model
@@ -23,9 +24,10 @@ DEFAULT_SEARCH = "progressive"
 DEFAULT_DISTILL = True
 
 
-def distils(cfg):
-    """Whether auto_prune's fine-tunes learn from the original under `cfg` (None: DEFAULT_DISTILL)."""
-    return DEFAULT_DISTILL if cfg.distill is None else cfg.distill
+def auto_defaults(cfg):
+    """`cfg` as auto_prune runs it: DEFAULT_SEARCH, DEFAULT_DISTILL and that search's probe length
+    where `cfg` leaves them None."""
+    return with_defaults(cfg, DEFAULT_SEARCH, DEFAULT_DISTILL)
 
 
 def auto_prune(model, data=None, cfg=None, *, example_input=None, evaluate=None, finetune=None, batches=None,
@@ -48,9 +50,7 @@ def auto_prune(model, data=None, cfg=None, *, example_input=None, evaluate=None,
     `latency`: a LatencyTable (or several, e.g. batch 1 and 64; the first is the target's) of the
     engine you deploy to; with it every candidate's channel counts also snap to fast counts.
     """
-    cfg = (cfg or SearchConfig()).check()
-    cfg = dataclasses.replace(cfg, search=cfg.search or DEFAULT_SEARCH,
-                              distill=distils(cfg))
+    cfg = auto_defaults((cfg or SearchConfig()).check())
     task = task_for(data, cfg, progress, evaluate=evaluate, finetune=finetune, batches=batches, test=test)
     ensure_record(model, example_input, task.batches if example_input is None else None)
     model = on_search_device(model, data, cfg).eval()
