@@ -114,10 +114,10 @@ load_data('cifar10:' + os.environ['CONVSLIM_CIFAR'], val_fraction=0.1, seed=0)" 
     ( cd "/tmp/rows/$name" && CONVSLIM_CIFAR="$DATA_TAR" timeout "$(left)" "$PY" $args > "$R/row-$name.log" 2>&1
       echo "rc=$?" >> "$R/row-$name.log"; log "row $name done: $(tail -1 "$R/row-$name.log")" ) &
   done <<ROWS
-${ROWS:-v-calkd1|$O --model $V --seeds 1 --min-cr 1 --searches calibrated --distill --probe-epochs 0.2
-v-calkd2|$O --model $V --seeds 2 --min-cr 1 --searches calibrated --distill --probe-epochs 0.2
-r-calkd1|$O --model $N --seeds 1 --min-cr 1 --searches calibrated --distill --probe-epochs 0.2
+${ROWS:-v-calkd2|$O --model $V --seeds 2 --min-cr 1 --searches calibrated --distill --probe-epochs 0.2
 r-calkd2|$O --model $N --seeds 2 --min-cr 1 --searches calibrated --distill --probe-epochs 0.2
+v-calv6|$O --model $V --seeds 0,1,2 --min-cr 1 --searches calibrated --distill --probe-epochs 0.2 --verify-epochs 0.8333
+r-calv6|$O --model $N --seeds 0,1,2 --min-cr 1 --searches calibrated --distill --probe-epochs 0.2 --verify-epochs 0.8333
 v-kd2|$O --model $V --seeds 2 --min-cr 1 --searches progressive,verified --distill
 r-kd2|$O --model $N --seeds 2 --min-cr 1 --searches progressive,verified --distill
 v-grid2a|$O --model $V --seeds 2 --min-cr 0.85 --searches=
