@@ -161,7 +161,7 @@ def render():
                              f"{f', verifications {verify:.3g}' if verify else ''})", len(rs),
                              span(r["flops_reduction"] for r in rs), span((r["test"] - r["base_test"] for r in rs), "{:+.2f}"),
                              span((100 * x for x in share), "{:.0f}%") if share else "-",
-                             f"{span((r['search_epochs'] for r in rs), '{:g}')} + {rs[0]['final_epochs']:g}",
+                             f"{span((r['search_epochs'] for r in rs), '{:.3g}')} + {rs[0]['final_epochs']:g}",
                              machines(rs, data)])
         lines.append(f"### {path.stem}\n")
         lines.append(markdown_table(["method", "seeds", "FLOPs reduction %", "test change (points)", "share of oracle",
