@@ -323,9 +323,9 @@ def calibrated_search(probe, candidate, task, cfg, log, key, base_val, done, say
     its predicted final damage over its probe damage (at most 1, and at least RATIO_STEP of the ratio
     before: how far down a probe may read grows step by step, as the verifications bear it out), and
     the next bisection, reusing every reading made, moves to a harder cut after a kept one and a milder
-    one after a failed one. The first ratio is RATIO_PRIOR, so the first verification lands where a probe read about twice
-    the budget: there a reading falls measurably, where a milder one sits in the validation's noise
-    (on digits one image is 0.28 points). When no reading passes at first, the mildest candidate read is
+    one after a failed one. The first ratio is RATIO_PRIOR, so the first verification lands where a
+    probe read about twice the budget: there a reading falls measurably, where a milder one sits in the
+    validation's noise (on digits one image is 0.28 points). When no reading passes at first, the mildest candidate read is
     verified. It stops when the bisection lands on a candidate already verified or no more compressed
     than the answer, or when one more verification would make the search cost more epochs than the
     final fine-tune; a probe is only read while a verification can still follow it. The answer keeps
