@@ -310,6 +310,13 @@ def final_damage(probe_damage, probe_epochs, verify_damage, verify_epochs, final
     return verify_damage * ((t_verify + final_epochs) / t_verify) ** -b, b
 
 
+def verification_epochs(cfg):
+    """The calibrated search's fine-tune per verification: `cfg.verify_epochs`, else a quarter of the
+    final fine-tune (two verifications and their probes fit the search's epoch budget), never less
+    than a probe."""
+    return cfg.verify_epochs if cfg.verify_epochs is not None else max(cfg.final_epochs / 4, cfg.probe_epochs)
+
+
 def calibrated_search(probe, candidate, task, cfg, log, key, base_val, done, say):
     """Bisection on probe readings, judged by the damage predicted after the final fine-tune (issue 12).
 
@@ -330,7 +337,7 @@ def calibrated_search(probe, candidate, task, cfg, log, key, base_val, done, say
     than the answer, or when one more verification would make the search cost more epochs than the
     final fine-tune; a probe is only read while a verification can still follow it. The answer keeps
     its verification fine-tune."""
-    verify_epochs = cfg.verify_epochs if cfg.verify_epochs is not None else max(cfg.final_epochs / 4, cfg.probe_epochs)
+    verify_epochs = verification_epochs(cfg)
     ratio, best, seen = RATIO_PRIOR, None, set()
 
     def spent():

@@ -313,16 +313,26 @@ def test_auto_distils_from_the_original_unless_told_not_to(digits, tmp_path, cap
     assert json.loads((tmp_path / "b.pt.search.json").read_text())["header"]["config"]["distill"] is False
 
 
-def test_each_search_gets_the_probe_length_it_was_measured_with_unless_told(digits, tmp_path):
-    """--probe-epochs left out: 0.2 for the calibrated search (table 8), 0.5 for the others; a given value wins."""
+def test_each_search_gets_the_probe_length_it_was_measured_with_unless_told(digits, tmp_path, capsys):
+    """--probe-epochs left out: 0.2 for the calibrated search (table 8), 0.5 for the others; a given value
+    wins. The command's first line says what the search will spend."""
     from convslim.pruning.auto import auto_defaults
     model = copy.deepcopy(trained_model(digits))
-    cfg = dict(max_acc_loss=2.0, min_interval=0.25, final_epochs=0.5, verify_epochs=0.2, batch_size=64, device="cpu")
-    for search, given, expected in (("calibrated", None, CALIBRATED_PROBE_EPOCHS), ("calibrated", 0.3, 0.3)):
-        log = tmp_path / f"{search}-{given}.json"
-        convslim.auto_prune(model, digits, convslim.SearchConfig(**cfg, search=search, probe_epochs=given),
-                            log_path=log, progress=False)
-        assert json.loads(log.read_text())["header"]["config"]["probe_epochs"] == expected
+    base = tmp_path / "base.pt"
+    convslim.save(model, base)
+    args = ["auto", "--model", str(base), "--data", "digits", "--search", "calibrated", "--final-epochs", "0.5",
+            "--verify-epochs", "0.2", "--min-interval", "0.25", "--max-acc-loss", "2", "--batch-size", "64"]
+    assert main(args + ["--out", str(tmp_path / "a.pt")]) == 0
+    assert (f"{CALIBRATED_PROBE_EPOCHS:g}-epoch probes and 0.2-epoch verifications, at most 0.5 epochs in all"
+            in capsys.readouterr().out)
+    assert json.loads((tmp_path / "a.pt.search.json").read_text())["header"]["config"]["probe_epochs"] == \
+        CALIBRATED_PROBE_EPOCHS
+    log = tmp_path / "given.json"
+    convslim.auto_prune(model, digits, convslim.SearchConfig(max_acc_loss=2.0, min_interval=0.25, final_epochs=0.5,
+                                                             verify_epochs=0.2, batch_size=64, device="cpu",
+                                                             search="calibrated", probe_epochs=0.3),
+                        log_path=log, progress=False)
+    assert json.loads(log.read_text())["header"]["config"]["probe_epochs"] == 0.3
     assert auto_defaults(convslim.SearchConfig(search="thesis")).probe_epochs == PROBE_EPOCHS
     assert auto_defaults(convslim.SearchConfig(search="progressive")).probe_epochs == PROBE_EPOCHS
     assert CALIBRATED_PROBE_EPOCHS < PROBE_EPOCHS

@@ -3,7 +3,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..budget import CALIBRATED_PROBE_EPOCHS, PROBE_EPOCHS, SEARCHES, SearchConfig
+from ..budget import CALIBRATED_PROBE_EPOCHS, PROBE_EPOCHS, SEARCHES, SearchConfig, verification_epochs
 from ..checkpoint import save
 from ..errors import ConvslimError
 from ..pruning.auto import DEFAULT_SEARCH, auto_defaults
@@ -131,7 +131,9 @@ def cmd_auto(args):
     else:
         how = (f"steps that each remove a share of the current FLOPs, {cfg.probe_epochs:g} epochs each, at most "
                f"{cfg.final_epochs:g} epochs in all" if cfg.search in ("progressive", "verified") else
-               f"cr in [0, 1] to within {cfg.min_interval}")
+               f"cr in [0, 1] to within {cfg.min_interval}, {cfg.probe_epochs:g}-epoch probes" + (
+                   f" and {verification_epochs(cfg):.3g}-epoch verifications, at most {cfg.final_epochs:g} epochs in all"
+                   if cfg.search == "calibrated" else ""))
         source = "teacher" if args.teacher else "original" if cfg.distill else None
         print(f"searching {how} ({cfg.search} search{f', distilling from the {source}' if source else ''}), "
               f"budget {cfg.max_acc_loss} points on the validation split; log {log}")
