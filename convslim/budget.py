@@ -297,10 +297,11 @@ def final_damage(probe_damage, probe_epochs, verify_damage, verify_epochs, final
     """The damage left after the final fine-tune, extrapolated from two readings of one candidate: a
     power law in the epochs it has been fine-tuned, damage ~ t^-b, fitted through the probe's reading
     (t = probe_epochs) and the verification's (t = probe + verify epochs), carried on to the end of the
-    final fine-tune that continues the verified candidate. Returns (damage, b). On three CIFAR-10
-    candidates the law overstated what a 5-epoch fine-tune leaves by 0.16-0.27 points (README, the
-    calibrated search), so it errs on the safe side; no fall between the readings (b <= 0) predicts
-    no further fall."""
+    final fine-tune that continues the verified candidate. Returns (damage, b). No fall between the
+    readings (b <= 0) predicts no further fall. Not safe on hard cuts: on three CIFAR-10 candidates
+    it overstated what a 5-epoch fine-tune leaves by 0.16-0.27 points, but it understated by 0.54 the
+    damage a kept vgg16@0.5 candidate ended with (README, the calibrated search): a power law falls
+    to zero, a pruned model's damage levels off above it."""
     if verify_damage <= 0:
         return max(verify_damage, 0.0), None
     if probe_epochs <= 0 or probe_damage <= verify_damage:
