@@ -251,6 +251,8 @@ def main():
     ap.add_argument("--verify-epochs", type=float, default=None,
                     help="calibrated: fine-tune per verification (default: convslim's, a quarter of the final)")
     args = ap.parse_args()
+    if args.verify_epochs is not None and not args.verify_epochs > 0:
+        ap.error(f"--verify-epochs must be positive, got {args.verify_epochs:g}")
     if args.min_cr > args.max_cr:
         ap.error(f"--min-cr {args.min_cr:g} is above --max-cr {args.max_cr:g}: the grid would be empty")
     if args.render:

@@ -333,8 +333,8 @@ def calibrated_search(probe, candidate, task, cfg, log, key, base_val, done, say
     the next bisection, reusing every reading made, moves to a harder cut after a kept one and a milder
     one after a failed one. The first ratio is RATIO_PRIOR, so the first verification lands where a
     probe read about twice the budget: there a reading falls measurably, where a milder one sits in the
-    validation's noise (on digits one image is 0.28 points). When no reading passes at first, the mildest candidate read is
-    verified. It stops when the bisection lands on a candidate already verified or no more compressed
+    validation's noise (on digits one image is 0.28 points). When no reading passes at first, the
+    mildest candidate read is verified. It stops when the bisection lands on a candidate already verified or no more compressed
     than the answer, or when one more verification would make the search cost more epochs than the
     final fine-tune; a probe is only read while a verification can still follow it. The answer keeps
     its verification fine-tune."""
