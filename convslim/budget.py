@@ -250,6 +250,8 @@ def finish(model, best, task, cfg, base_counts, *, tune, teacher=None, base_val=
                "final_seconds": time.perf_counter() - t_final, "final_epochs": cfg.final_epochs if tune else 0,
                "pruned": tune, **fields}
     summary["epochs"] = summary.get("search_epochs", 0) + summary["final_epochs"]
+    if fields.get("max_acc_loss") is not None:    # a search judged candidates before their final fine-tune
+        summary["within_budget"] = summary["base_val_acc"] - summary["final_val_acc"] <= fields["max_acc_loss"] + 1e-9
     if task.test is not None:
         summary.update(base_test_acc=float(task.test(model)), test_acc=float(task.test(best)))
     summary.update(flops_params(base_counts, count(best, example_input(best))))

@@ -185,7 +185,7 @@ def test_prune_and_auto_commands(digits, tmp_path, capsys):
                  "--search", "thesis", "--probe-epochs", "0.5", "--final-epochs", "0.5", "--out", str(auto),
                  "--report", str(tmp_path / "auto-report")]) == 0
     out = capsys.readouterr().out
-    assert "search cost: 2 probes" in out and auto.exists() and (tmp_path / "auto.pt.search.json").exists()
+    assert "search cost: 2 probes" in out and "after the final fine-tune: top-1" in out and auto.exists() and (tmp_path / "auto.pt.search.json").exists()
     assert json.loads((tmp_path / "auto.pt.search.json").read_text())["settings"]["max_acc_loss"] is not None
     page = (tmp_path / "auto-report" / "report.md").read_text()
     assert "Search trajectory" in page and (tmp_path / "auto-report" / "search.png").stat().st_size > 0

@@ -173,3 +173,27 @@ def test_a_thesis_search_that_keeps_nothing_points_to_the_progressive_one(digits
         progress=False, echo=lines.append)
     assert summary["pruned"] is False and summary["flops"] == base
     assert any("nothing is pruned" in line and "--search progressive" in line for line in lines)
+
+
+def test_a_result_that_ends_over_the_budget_says_so(digits):
+    """A search judges candidates before their final fine-tune; when the final model ends further
+    below the original than the budget allows, the summary and the command's line say so."""
+    from convslim.cli.common import budget_line
+
+    model = branches()
+    base = convslim.count(model, torch.zeros(1, 1, 8, 8))["flops"]
+    def finetune(m, epochs):
+        m.tuned_epochs = getattr(m, "tuned_epochs", 0) + epochs
+
+    def evaluate(m):          # candidates read within budget after a probe and 3 points down after the final tune
+        if convslim.count(m, torch.zeros(1, 1, 8, 8))["flops"] == base:
+            return 90.0
+        return 87.0 if getattr(m, "tuned_epochs", 0) >= 1 else 89.5
+
+    cfg = SearchConfig(max_acc_loss=1.0, min_interval=0.25, probe_epochs=0.5, final_epochs=1, search="thesis",
+                       device="cpu")
+    _, summary = convslim.auto_prune(model, digits, cfg, evaluate=evaluate, finetune=finetune, progress=False,
+                                     echo=lambda line: None)
+    assert summary["pruned"] and summary["final_val_acc"] == 87.0 and summary["within_budget"] is False
+    assert "-3.00 points on validation" in budget_line(summary) and "OVER BUDGET" in budget_line(summary)
+    assert budget_line({**summary, "final_val_acc": 89.5, "within_budget": True}).endswith("within budget")

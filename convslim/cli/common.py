@@ -319,3 +319,14 @@ def settings(args):
 def write_json(args, path, payload):
     """A command's --json output, with the settings that produced it."""
     write_text_atomic(path, json.dumps({**payload, "settings": settings(args)}, indent=2, default=str))
+
+
+def budget_line(summary):
+    """The search judged its candidates before the final fine-tune; this says where it actually ended."""
+    change = summary["final_val_acc"] - summary["base_val_acc"]
+    line = (f"after the final fine-tune: {summary['metric']} {change:+.2f} points on validation against the "
+            f"{summary['max_acc_loss']:g}-point budget")
+    if summary.get("within_budget", True):
+        return line + ": within budget"
+    return (line + ": OVER BUDGET (the search's estimate was optimistic; a smaller --max-acc-loss or a longer "
+            "--final-epochs leaves more room)")

@@ -8,8 +8,8 @@ from ..checkpoint import example_input, record_of, save
 from ..errors import ConvslimError
 from ..metrics import count
 from .latency import add_latency_args, report_latency
-from .common import (add_data_args, add_model_args, float_range, fraction, int_range, non_negative, open_data,
-                     open_model, open_model_and_data, positive, positive_int, settings, write_json)
+from .common import (add_data_args, add_model_args, budget_line, float_range, fraction, int_range, non_negative,
+                     open_data, open_model, open_model_and_data, positive, positive_int, settings, write_json)
 
 
 def _finish(args, summary, section):
@@ -169,6 +169,7 @@ def cmd_decompose(args):
         except KeyboardInterrupt:
             raise ConvslimError(f"interrupted; run the same command again to resume from {log}") from None
         print(f"chosen energy {summary['chosen_energy']:.4f}")
+        print(budget_line(summary))
     else:
         model, splits = open_model_and_data(args) if args.data else (open_model(args), None)
         slim, rows = decompose(model, args.method, args.energy, layers=layers)

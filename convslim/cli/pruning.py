@@ -9,8 +9,8 @@ from ..errors import ConvslimError
 from ..pruning.auto import DEFAULT_SEARCH, auto_defaults
 from ..pruning.criteria import CRITERIA, PermutationOptions
 from ..pruning.importance import ESTIMATORS, MEASURES, PERMS
-from .common import (add_data_args, add_model_args, fraction, non_negative, open_model_and_data, open_teacher,
-                     positive, positive_int, settings, write_json)
+from .common import (add_data_args, add_model_args, budget_line, fraction, non_negative, open_model_and_data,
+                     open_teacher, positive, positive_int, settings, write_json)
 from .latency import add_latency_args, latency_tables, report_latency
 
 
@@ -156,6 +156,7 @@ def cmd_auto(args):
         print(f"search cost: {summary['probes']} probes, {summary['verifications']} verifications, "
               f"{summary['search_epochs']:g} epochs searching + {summary['final_epochs']:g} final; "
               f"{summary['search_seconds']:.0f}s searching + {summary['final_seconds']:.0f}s final fine-tune")
+        print(budget_line(summary))
     finish(args, out, summary, model, splits, imp, with_search=not target)
 
 
