@@ -13,9 +13,10 @@
 #  4. (part "thesis", issue 13) tables 3-3, 3-4 and 4-1 on vgg16@0.5 with 5-epoch fine-tunes, 2 seeds
 #     (about 200 epochs: resumable from its cache, results/pruning/ablations_recovery.json, over calls).
 #  5. (part "rows") independent result rows side by side, one process each in its own copy of
-#     benchmarks/ (MPS on when the machine has it): by default table 8's calibrated search (--distill,
-#     0.2-epoch probes) on both interim bases for seeds 1-2, progressive and verified --distill and the
-#     oracle grids for seed 2, and a 200-epoch resnet20 base for issue 13 (resumable: its state comes back
+#     benchmarks/ (MPS on when the machine has it): by default table 8's distilling oracle grids (seeds
+#     0-1: the grid fine-tuned as the distilling searches' final model is), the calibrated search
+#     (--distill, 0.2-epoch probes) for seed 2 and with 0.83-epoch verifications, verified --distill and
+#     the plain oracle grids for seed 2, and a 200-epoch resnet20 base for issue 13 (resumable: its state comes back
 #     under rows/runs; keep it in .gpu/runs/, carried, and the next call continues it. vgg16@0.5's state,
 #     about 30 MB with the optimizer's, is over what one file from $OUT may weigh, 16 MiB);
 #     ROWS="name|script args"
@@ -114,12 +115,14 @@ load_data('cifar10:' + os.environ['CONVSLIM_CIFAR'], val_fraction=0.1, seed=0)" 
     ( cd "/tmp/rows/$name" && CONVSLIM_CIFAR="$DATA_TAR" timeout "$(left)" "$PY" $args > "$R/row-$name.log" 2>&1
       echo "rc=$?" >> "$R/row-$name.log"; log "row $name done: $(tail -1 "$R/row-$name.log")" ) &
   done <<ROWS
-${ROWS:-v-calkd2|$O --model $V --seeds 2 --min-cr 1 --searches calibrated --distill --probe-epochs 0.2
+${ROWS:-v-kdo|$O --model $V --seeds 0,1 --min-cr 0.7 --searches= --distill
+r-kdo|$O --model $N --seeds 0,1 --min-cr 0.8 --searches= --distill
+v-calkd2|$O --model $V --seeds 2 --min-cr 1 --searches calibrated --distill --probe-epochs 0.2
 r-calkd2|$O --model $N --seeds 2 --min-cr 1 --searches calibrated --distill --probe-epochs 0.2
 v-calv6|$O --model $V --seeds 0,1,2 --min-cr 1 --searches calibrated --distill --probe-epochs 0.2 --verify-epochs 0.8333
 r-calv6|$O --model $N --seeds 0,1,2 --min-cr 1 --searches calibrated --distill --probe-epochs 0.2 --verify-epochs 0.8333
-v-kd2|$O --model $V --seeds 2 --min-cr 1 --searches progressive,verified --distill
-r-kd2|$O --model $N --seeds 2 --min-cr 1 --searches progressive,verified --distill
+v-kd2|$O --model $V --seeds 2 --min-cr 1 --searches verified --distill
+r-kd2|$O --model $N --seeds 2 --min-cr 1 --searches verified --distill
 v-grid2a|$O --model $V --seeds 2 --min-cr 0.85 --searches=
 v-grid2b|$O --model $V --seeds 2 --min-cr 0.7 --max-cr 0.8 --searches=
 r-grid2|$O --model $N --seeds 2 --min-cr 0.85 --searches=
