@@ -301,7 +301,10 @@ def test_signal_while_working(tmp_path, sig):
     """)
     proc = subprocess.Popen([sys.executable, "-c", script, "train", "--model", "digitsnet", "--data", "digits",
                              "--quiet", "--out", str(tmp_path / "o.pt")], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            # a suite started in the background (`&`) inherits SIGINT ignored, and Python
+                            # then installs no Ctrl-C handler: the child gets the default a terminal gives
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stdout.readline().strip() == "working"
     time.sleep(0.2)
     proc.send_signal(sig)
