@@ -189,6 +189,7 @@ def test_prune_and_auto_commands(digits, tmp_path, capsys):
     assert json.loads((tmp_path / "auto.pt.search.json").read_text())["settings"]["max_acc_loss"] is not None
     page = (tmp_path / "auto-report" / "report.md").read_text()
     assert "Search trajectory" in page and (tmp_path / "auto-report" / "search.png").stat().st_size > 0
+    assert "validation change against the budget" in page and ("within |" in page or "OVER |" in page)
 
 
 @pytest.mark.parametrize("argv, message", [

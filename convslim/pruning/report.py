@@ -89,13 +89,17 @@ def search_section(report, probes, base_val, base_flops, max_acc_loss=None):
 
 
 def result_section(report, summary):
-    s = report.section("Result", "Accuracy change on the test split; reductions against the base model.")
+    s = report.section("Result", "Accuracy change on the test split; reductions against the base model. A search "
+                       "judges candidates before the final fine-tune; the budget column says where it ended.")
+    budget = "within_budget" in summary
     s.tables.append((["base test acc %", "pruned test acc %", "change", "FLOPs reduction %", "params reduction %",
-                      "probes", "epochs", "search s"],
+                      "probes", "epochs", "search s"] + (["validation change against the budget"] if budget else []),
                      [[f"{summary['base_test_acc']:.2f}", f"{summary['test_acc']:.2f}",
                        f"{summary['test_acc'] - summary['base_test_acc']:+.2f}", f"{summary['flops_reduction']:.1f}",
                        f"{summary['params_reduction']:.1f}", summary.get("probes", "-"), summary.get("epochs", "-"),
-                       f"{summary.get('search_seconds', 0):.0f}"]]))
+                       f"{summary.get('search_seconds', 0):.0f}"]
+                      + ([f"{summary['final_val_acc'] - summary['base_val_acc']:+.2f} of -{summary['max_acc_loss']:g}: "
+                          f"{'within' if summary['within_budget'] else 'OVER'}"] if budget else [])]))
 
 
 def write_pruning_report(folder, model, splits, importance, *, summary=None, title="convslim pruning report"):
