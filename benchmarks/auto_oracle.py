@@ -178,7 +178,9 @@ def render():
                 rows.append([f"auto --search {search.replace('+distill', ' --distill')} (probe {probe:g} epochs"
                              f"{f', verifications {verify:.3g}' if verify else ''})", len(rs),
                              span(r["flops_reduction"] for r in rs), span((r["test"] - r["base_test"] for r in rs), "{:+.2f}"),
-                             span((100 * x for x in share), "{:.0f}%") + mark if share else "-",
+                             span((100 * x for x in share), "{:.0f}%") + mark + (
+                                 f" ({len(share)} of {len(rs)} seeds have a grid)" if len(share) < len(rs) else "")
+                             if share else "-",
                              f"{span((r['search_epochs'] for r in rs), '{:.3g}')} + {rs[0]['final_epochs']:g}",
                              machines(rs, data)])
         lines.append(f"### {path.stem}\n")
