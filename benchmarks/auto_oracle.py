@@ -244,8 +244,9 @@ def gap_table(stem, runs):
         grid = sorted((r["cr"], r["val"]) for r in runs if r["kind"] == "oracle" and r["seed"] == seed)
         steps = json.loads(log.read_text())
         base = steps["header"]["base_val_acc"]
-        control = next((json.loads(p.read_text())["probes"][0]["start_val_acc"]
-                        for p in sorted(STEPS.glob(f"{stem}-progressive-probe*-seed{seed}.json"))), None)
+        firsts = [json.loads(p.read_text())["probes"][0]
+                  for p in sorted(STEPS.glob(f"{stem}-progressive-probe*-seed{seed}.json"))]
+        control = firsts[0].get("start_read", firsts[0]["start_val_acc"]) if firsts else None   # as read
         rows = []
         for p in steps["probes"]:
             cr = p["cr"]

@@ -197,3 +197,27 @@ def test_a_result_that_ends_over_the_budget_says_so(digits):
     assert summary["pruned"] and summary["final_val_acc"] == 87.0 and summary["within_budget"] is False
     assert "-3.00 points on validation" in budget_line(summary) and "OVER BUDGET" in budget_line(summary)
     assert budget_line({**summary, "final_val_acc": 89.5, "within_budget": True}).endswith("within budget")
+
+
+def test_a_step_is_charged_from_the_original_at_most(digits):
+    """The progressive search reads where a step starts after the same fine-tune (paired); when that
+    reading is above the original's, the step is charged from the original's: the budget is counted
+    from the original, and a lucky start must not charge every step."""
+    model = branches()
+    base = convslim.count(model, torch.zeros(1, 1, 8, 8))["flops"]
+
+    def finetune(m, epochs):
+        m.tuned_epochs = getattr(m, "tuned_epochs", 0) + epochs
+
+    def evaluate(m):          # the original 90, fine-tuned 92 (its start); any pruned model 89.5
+        if convslim.count(m, torch.zeros(1, 1, 8, 8))["flops"] == base:
+            return 92.0 if getattr(m, "tuned_epochs", 0) else 90.0
+        return 89.5
+
+    cfg = SearchConfig(max_acc_loss=1.0, probe_epochs=0.5, final_epochs=1, search="progressive", distill=False,
+                       device="cpu")
+    _, summary = convslim.auto_prune(model, digits, cfg, evaluate=evaluate, finetune=finetune, progress=False,
+                                     echo=lambda line: None)
+    first = summary["log"][0]
+    assert first["start_read"] == 92.0 and first["start_val_acc"] == 90.0
+    assert first["cost"] == pytest.approx(0.5) and first["decision"] == "keep" and summary["flops"] < base
