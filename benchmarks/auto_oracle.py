@@ -92,11 +92,7 @@ def run_oracle(model, splits, name, args, cache, seed):
         cfg = SearchConfig(probe_epochs=0, lr=args.lr, batch_size=args.batch_size, seed=seed, device=args.device)
         task = task_for(splits, cfg)
         recover(slim, task, cfg)
-        if teacher is not None:
-            task.tune(slim, args.final_epochs, teacher)
-        else:                                          # as the plain rows were made (the same trainer)
-            fit(slim, splits, TrainConfig(epochs=args.final_epochs, lr=args.lr, batch_size=args.batch_size, seed=seed,
-                                          device=args.device, progress=False), validate=False)
+        task.tune(slim, args.final_epochs, teacher)   # convslim's trainer, distilling when there is a teacher
         val, test = evaluate(slim, splits, "val")["top1"], evaluate(slim, splits, "test")["top1"]
         cache.put(key, {"kind": kind, "cr": cr, "seed": seed, "val": val, "test": test, "base_val": base_val,
                         "accepted": val + args.max_acc_loss >= base_val, "epochs": args.final_epochs,
